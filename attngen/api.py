@@ -1,0 +1,59 @@
+"""The Python API: load a spec file (or text) and get its attention ops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import ir
+from .checker import check
+from .parser import parse
+
+
+def parse_and_check(source: str, path: str | None = None) -> list[ir.Attention]:
+    """Parse and check spec text; raise ``SpecError`` (with every error found) when invalid."""
+    return check(parse(source, path))
+
+
+def read_spec(path_or_text: str | Path) -> tuple[str, str | None]:
+    """Spec text and its path: a ``Path`` or a string without '{' names a file."""
+    if isinstance(path_or_text, Path) or "{" not in str(path_or_text):
+        path = Path(path_or_text)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"spec file not found: {path}") from None
+    return str(path_or_text), None
+
+
+class AttentionOp:
+    """One attention of a spec: ``op.reference(q, k, v, **params)`` evaluates it eagerly."""
+
+    def __init__(self, attention: ir.Attention):
+        self.spec = attention
+        self.name = attention.name
+
+    def reference(self, q, k, v, *, scale=None, return_lse=False, **params):
+        """Dense PyTorch evaluation of the spec in the inputs' dtype (float64 for a golden)."""
+        from .reference import reference
+
+        return reference(self.spec, q, k, v, scale=scale, return_lse=return_lse, **params)
+
+    def __repr__(self) -> str:
+        return f"<attngen op {self.spec.summary()}>"
+
+
+def load(path_or_text: str | Path, name: str | None = None) -> AttentionOp:
+    """The attention of a spec file or text: the only one, or the one called ``name``."""
+    source, path = read_spec(path_or_text)
+    attentions = parse_and_check(source, path)
+    if name is None:
+        if len(attentions) > 1:
+            names = ", ".join(a.name for a in attentions)
+            raise ValueError(f"{path or 'the spec'} defines {len(attentions)} attentions "
+                             f"({names}); pass name= to choose one")
+        return AttentionOp(attentions[0])
+    for attention in attentions:
+        if attention.name == name:
+            return AttentionOp(attention)
+    names = ", ".join(a.name for a in attentions)
+    raise ValueError(f"no attention named {name!r} in {path or 'the spec'}; it defines {names}")
