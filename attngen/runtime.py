@@ -136,3 +136,106 @@ def check_params(op: str, specs: Sequence[ParamSpec], given: dict[str, Any], sha
 
 def default_scale(scale: float | None, head_dim: int) -> float:
     return head_dim ** -0.5 if scale is None else float(scale)
+
+
+# ---- kernels: devices, the interpreter, autotuning ------------------------------------------------
+
+import itertools  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+# Default forward search space: (BLOCK_M, BLOCK_N, num_warps, num_stages). BLOCK_M 128 with
+# BLOCK_N 64, 4 warps, 2-3 stages won most shapes of a plain FA2 forward on an H100.
+DEFAULT_FWD_SPACE = ((128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 2), (128, 128, 8, 2),
+                     (128, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2))
+_DEFAULT_KNOBS = {"m": 128, "n": 64, "warps": 4, "stages": 2}
+# The interpreter runs tiles as numpy arrays: one mid-sized config keeps it quick.
+_INTERPRET_MAX_BLOCK = 64
+
+
+def interpreting() -> bool:
+    """Whether ``triton.jit`` currently builds interpreted (CPU) kernels."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def length_bucket(n: int) -> int:
+    """Autotuning key for a sequence length: its power-of-two bucket, so 1000 and 1024 share."""
+    return 1 << max(4, (max(n, 1) - 1).bit_length())
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get exact fp32 products; tf32 would lose precision users did not ask to lose
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def autotune_configs(fixed: dict | None, space: dict | None, *, interpret: bool) -> list:
+    """``triton.Config``s from a spec's ``blocks`` (fixed) or ``tune`` (space) or the default."""
+    import triton
+
+    if fixed is not None:
+        knobs = [{**_DEFAULT_KNOBS, **fixed}]
+    elif space is not None:
+        names = list(_DEFAULT_KNOBS)
+        values = [space.get(n, [_DEFAULT_KNOBS[n]]) for n in names]
+        knobs = [dict(zip(names, combo)) for combo in itertools.product(*values)]
+    else:
+        knobs = [dict(zip(_DEFAULT_KNOBS, c)) for c in DEFAULT_FWD_SPACE]
+    if interpret:
+        first = knobs[0]
+        knobs = [{**first, "m": min(first["m"], _INTERPRET_MAX_BLOCK),
+                  "n": min(first["n"], _INTERPRET_MAX_BLOCK)}]
+    return [triton.Config({"BLOCK_M": k["m"], "BLOCK_N": k["n"]}, num_warps=k["warps"],
+                          num_stages=k["stages"]) for k in knobs]
+
+
+_SHARED_MEMORY: dict[int, int] = {}
+
+
+def _shared_memory_limit(device_index: int) -> int:
+    if device_index not in _SHARED_MEMORY:
+        import triton
+
+        props = triton.runtime.driver.active.utils.get_device_properties(device_index)
+        _SHARED_MEMORY[device_index] = props["max_shared_mem"]
+    return _SHARED_MEMORY[device_index]
+
+
+def prune_by_shared_memory(configs, named_args, **kwargs):
+    """Drop configs whose tiles cannot fit in shared memory, before compiling any of them.
+
+    Estimate: the Q tile plus ``num_stages`` buffered K and V tiles, in the inputs' dtype.
+    """
+    q = named_args["Q"]
+    if not q.is_cuda:
+        return configs
+    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+    limit = _shared_memory_limit(q.device.index or 0)
+    elem = q.element_size()
+
+    def estimate(c):
+        m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        return (m * block_d + 2 * max(c.num_stages, 1) * n * block_d) * elem
+
+    kept = [c for c in configs if estimate(c) <= limit]
+    return kept or [min(configs, key=estimate)]
+
+
+def check_kernel_device(op: str, device: torch.device, interpreted: bool) -> None:
+    """CPU tensors need kernels built by the Triton interpreter, which is chosen at import."""
+    if device.type not in ("cuda", "cpu"):
+        _fail(op, f"tensors must be on a CUDA device or the CPU (through the Triton interpreter), "
+                  f"got {device}")
+    if device.type == "cpu" and not interpreted:
+        _fail(op, "CPU tensors run through the Triton interpreter, but this process imported "
+                  "triton for the GPU; set TRITON_INTERPRET=1 before importing torch and triton, "
+                  "or move q, k, v and the params to a CUDA device")
+
+
+def _default_to_interpreter() -> None:
+    """With no GPU, Triton can only interpret: choose that before triton is first imported."""
+    if "triton" not in sys.modules and "TRITON_INTERPRET" not in os.environ \
+            and not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+_default_to_interpreter()

@@ -1,0 +1,77 @@
+"""Render stage: checked IR → the source text of one generated module (pure; no torch, no GPU).
+
+Templates are Triton source with named holes (``score_hook``, ``mask_hook``) and constexpr flags;
+they load from the package's ``templates/`` through a ``StrictUndefined`` Jinja environment. The
+result is formatted with black, so rebuilding a spec reproduces its module byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+
+import black
+import jinja2
+
+from . import ir
+from .lower import lower
+from .resources import templates_dir
+
+VERSION = "0.1.0"
+LINE_LENGTH = 100
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["pyrepr"] = repr
+    return env
+
+
+def spec_hash(attention: ir.Attention) -> str:
+    return hashlib.sha256(attention.canonical().encode()).hexdigest()
+
+
+def _knobs(configs: tuple[ir.KernelConfig, ...], kernel: str, as_list: bool) -> dict | None:
+    for config in configs:
+        if config.kernel == kernel:
+            return {k.name: (list(k.values) if as_list else k.values[0]) for k in config.knobs}
+    return None
+
+
+def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
+    """The generated Python module for one attention, formatted."""
+    low = lower(attention)
+    context = {
+        "version": VERSION,
+        "name": attention.name,
+        "source_name": source_name,
+        "spec_text": attention.source + "\n",
+        "spec_lines": attention.source.splitlines(),
+        "spec_hash": spec_hash(attention),
+        "params": [
+            {"name": p.name, "dtype": p.dtype, "dims": p.dims, "grad": p.grad, "arg": k.arg,
+             "stride_args": k.stride_args, "ndim": k.ndim}
+            for p, k in zip(attention.params, low.params)
+        ],
+        "param_signature": ", ".join(p.signature() for p in attention.params) or "none",
+        "dtypes": attention.dtypes,
+        "head_dims": attention.head_dims,
+        "score_text": attention.score_text,
+        "mask_text": attention.mask_text,
+        "score_hook": low.score,
+        "mask_hook": low.mask if low.mask is not None else "True",
+        "has_mask": low.mask is not None,
+        "score_is_identity": low.score_is_identity,
+        "causal_upper": low.causal_upper,
+        "window_left": -1 if low.window_left is None else low.window_left,
+        "fwd_fixed": _knobs(attention.blocks, "fwd", as_list=False),
+        "fwd_space": _knobs(attention.tune, "fwd", as_list=True),
+    }
+    text = _environment().get_template("module.py.jinja").render(**context)
+    return black.format_str(text, mode=black.Mode(line_length=LINE_LENGTH))
