@@ -30,6 +30,8 @@ FUNCTIONS = {**{f: (1, 1) for f in FLOAT_FUNCTIONS}, "abs": (1, 1), "floor": (1,
              "ceil": (1, 1), "min": (2, None), "max": (2, None), "clamp": (3, 3),
              "where": (3, 3)}
 MASK_BUILTINS = {"causal": None, "window": (1, 2), "chunk": (1, 1), "document": (1, 1)}
+# Names of the op's own arguments: op(q, k, v, *, scale=None, return_lse=False, **params)
+OP_ARGUMENTS = {"k", "v", "scale", "return_lse", "self", "params"}
 RESERVED = set(POSITIONS) | set(CONSTANTS) | set(FUNCTIONS) | set(MASK_BUILTINS) | {"score"}
 
 # Knobs of `blocks` / `tune`, with their allowed values.
@@ -48,6 +50,10 @@ def _fmt_type(ty: str) -> str:
 
 def _promote(a: str, b: str) -> str:
     return INT if a == INT and b == INT else FLOAT
+
+
+class _Poisoned(Exception):
+    """A use of a let whose definition already failed: its error is reported once, there."""
 
 
 class _AttentionChecker:
@@ -100,6 +106,12 @@ class _AttentionChecker:
                     tune.extend(self._configs(stmt, is_tune=True))
             except SpecError as err:
                 self.errors.append(err)
+                if stmt.kind == "let":
+                    self.lets[stmt.args[0].text] = None
+            except _Poisoned:
+                pass
+            except RecursionError:
+                self.error(stmt, "expression nested too deeply; split it with let")
         self._check_kernel_configs(blocks, tune, kernels)
         if self.errors:
             return None
@@ -153,6 +165,10 @@ class _AttentionChecker:
         if name in RESERVED or keyword.iskeyword(name):
             raise SpecError(f"{what} name '{name}' is reserved (a builtin of the language); "
                             f"choose another name", ident.line, ident.column)
+        if name in OP_ARGUMENTS:
+            raise SpecError(f"{what} name '{name}' is an argument of the generated op "
+                            f"op(q, k, v, *, scale, return_lse, **params); choose another name",
+                            ident.line, ident.column)
         if name.startswith("_"):
             raise SpecError(f"{what} name '{name}' starts with '_', which is reserved for "
                             f"generated code; choose another name", ident.line, ident.column)
@@ -169,8 +185,8 @@ class _AttentionChecker:
         out_dims: list[str | int] = []
         for dim in dims:
             if dim.text.isdigit():
-                if int(dim.text) < 1:
-                    raise SpecError(f"dimension {dim.text} must be at least 1", dim.line,
+                if not 1 <= int(dim.text) <= 2**31 - 1:
+                    raise SpecError(f"dimension {dim.text} must be in 1..{2**31 - 1}", dim.line,
                                     dim.column)
                 out_dims.append(int(dim.text))
             elif dim.text in ir.DIM_NAMES:
@@ -200,7 +216,8 @@ class _AttentionChecker:
         if want == FLOAT and checked.ty == INT:
             return _cast_float(checked)
         if checked.ty != want:
-            hint = " (a mask keeps where it is true: compare, e.g. kv <= q)" if want == BOOL else ""
+            hint = {"mask": " (mask keeps where it is true: compare, e.g. kv <= q)",
+                    "drop": " (drop discards where it is true: compare, e.g. kv > q)"}.get(stmt.kind, "")
             raise SpecError(f"'{stmt.kind}' expects a {_fmt_type(want)} expression, got "
                             f"{_fmt_type(checked.ty)}{hint}", expr.line, expr.column)
         return checked
@@ -278,6 +295,8 @@ class _AttentionChecker:
         if name == "causal":
             return self._causal(e)
         if name in self.lets:
+            if self.lets[name] is None:
+                raise _Poisoned(name)
             if name in self.let_uses_score:
                 if not allow_score:
                     raise SpecError(f"let '{name}' uses 'score', so it can only be used in the "
@@ -344,9 +363,10 @@ class _AttentionChecker:
 
     def _e_Compare(self, e, allow_score):
         operands = [self.expr(o, allow_score) for o in e.operands]
+        positions = e.op_positions or ((e.line, e.column),) * len(e.ops)
         out = None
-        for op, left, right in zip(e.ops, operands, operands[1:]):
-            term = self._compare(op, left, right, e)
+        for op, left, right, (line, column) in zip(e.ops, operands, operands[1:], positions):
+            term = self._compare(op, left, right, ir.Name(op, line=line, column=column))
             out = term if out is None else ir.Binary("&", out, term, ty=BOOL, line=e.line,
                                                      column=e.column)
         return out
@@ -429,7 +449,7 @@ class _AttentionChecker:
         if e.func == "document":
             (arg,) = e.args
             param = self.params.get(arg.id) if isinstance(arg, ir.Name) else None
-            if param is None or len(param.dims) != 2 or param.ty == FLOAT:
+            if param is None or len(param.dims) != 2 or param.ty != INT:
                 raise SpecError("document() takes the name of an integer param of shape [B, KV] "
                                 "(the document id of every position)", arg.line, arg.column)
             b = ir.Name("b", ty=INT, **pos)
@@ -487,5 +507,6 @@ def check(spec: ir.SpecFile) -> list[ir.Attention]:
         if attention is not None:
             out.append(attention)
     if errors:
+        errors.sort(key=lambda err: (err.line, err.column))
         raise SpecError.group(errors).attach(spec.source, spec.path)
     return out

@@ -68,6 +68,7 @@ class Compare(ExprNode):
 
     ops: tuple[str, ...]
     operands: tuple[Expr, ...]
+    op_positions: tuple[tuple[int, int], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)

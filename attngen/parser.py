@@ -24,8 +24,10 @@ _TERMINAL_TEXT = {
 
 @cache
 def _parser() -> Lark:
-    return Lark(grammar_path().read_text(), parser="lalr", propagate_positions=True,
-                maybe_placeholders=True)
+    # The basic lexer takes the longest match among all terminals, so `maskcausal` is one name
+    # rather than the keyword `mask` glued to `causal`; keywords are reserved words everywhere.
+    return Lark(grammar_path().read_text(), parser="lalr", lexer="basic",
+                propagate_positions=True, maybe_placeholders=True)
 
 
 def _describe(name: str, parser: Lark) -> str:
@@ -37,11 +39,32 @@ def _describe(name: str, parser: Lark) -> str:
     return name.lower()
 
 
+_OPERATORS = {"PLUS", "MINUS", "MUL_OP", "POW_OP", "CMP_OP", "AMP", "BAR"}
+
+
 def _expected(names: set[str], parser: Lark) -> str:
-    texts = sorted({_describe(n, parser) for n in names})
-    if len(texts) > 8:
-        texts = texts[:8] + ["..."]
+    """A short, ordered list: closing brackets first, operators folded into 'an operator'."""
+    names = set(names)
+    texts = [_describe(n, parser) for n in ("RBRACE", "RPAR", "RSQB") if n in names]
+    if names & _OPERATORS:
+        texts.append("an operator")
+    texts += sorted({_describe(n, parser) for n in names - _OPERATORS - {"RBRACE", "RPAR", "RSQB"}})
+    if len(texts) > 10:
+        texts = texts[:10] + ["..."]
     return ", ".join(texts)
+
+
+def _end_position(source: str, parser: Lark) -> tuple[int, int]:
+    """Just past the last token: where a missing '}' or operand belongs."""
+    last = None
+    try:
+        for last in parser.lex(source):
+            pass
+    except lark.exceptions.LarkError:
+        pass
+    if last is None:
+        return 1, 1
+    return last.end_line, last.end_column
 
 
 def _token_text(token: Token) -> str:
@@ -50,17 +73,20 @@ def _token_text(token: Token) -> str:
     return f"'{token.value}'"
 
 
-def _syntax_error(err: lark.exceptions.UnexpectedInput, parser: Lark) -> SpecError:
+def _syntax_error(err: lark.exceptions.UnexpectedInput, parser: Lark, source: str) -> SpecError:
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
-        char = err.char if err.char.isprintable() else repr(err.char)
-        return SpecError(f"unexpected character '{char}'", err.line, err.column)
+        char = f"'{err.char}'" if err.char.isprintable() else repr(err.char)
+        return SpecError(f"unexpected character {char}", err.line, err.column)
     if isinstance(err, lark.exceptions.UnexpectedToken):
         token = err.token
         expected = _expected(set(err.expected), parser)
-        line = token.line if token.type != "$END" else err.line
-        column = token.column if token.type != "$END" else err.column
-        if line is None or line < 0:  # end of input: point just past the last character
-            line, column = err.line, err.column
+        if token.type == "$END":
+            line, column = _end_position(source, parser)
+        else:
+            line, column = token.line, token.column
+        if set(err.expected) == {"NAME"} and str(token.value).isidentifier():
+            return SpecError(f"'{token.value}' is a reserved word of the language; expected a "
+                             f"name", line, column)
         return SpecError(f"unexpected {_token_text(token)}; expected {expected}", line, column)
     if isinstance(err, lark.exceptions.UnexpectedEOF):
         return SpecError(f"unexpected end of file; expected {_expected(set(err.expected), parser)}",
@@ -119,7 +145,8 @@ class _ToIR(Transformer):
 
     def compare(self, meta, children):
         operands, ops = children[0::2], children[1::2]
-        return ir.Compare(tuple(str(o) for o in ops), tuple(operands), **_pos(ops[0]))
+        return ir.Compare(tuple(str(o) for o in ops), tuple(operands),
+                          tuple((o.line, o.column) for o in ops), **_pos(ops[0]))
 
     def call(self, meta, children):
         func, *args = children
@@ -201,18 +228,35 @@ class _ToIR(Transformer):
         return tuple(children)
 
 
+MAX_DEPTH = 100  # nesting levels of one expression; deeper trees would exhaust Python's stack
+
+
+def _check_depth(tree: lark.Tree) -> None:
+    """Reject absurdly nested expressions up front, iteratively, at their deepest point."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            meta = node.meta
+            raise SpecError(f"expression nested too deeply (more than {MAX_DEPTH} levels); "
+                            f"split it with let", getattr(meta, "line", 1),
+                            getattr(meta, "column", 1))
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, lark.Tree))
+
+
 def parse(source: str, path: str | None = None) -> ir.SpecFile:
     """Parse spec text into IR statements (unchecked). Raises ``SpecError`` at a line and column."""
     parser = _parser()
     try:
         tree = parser.parse(source)
+        _check_depth(tree)
         attentions = _ToIR(source).transform(tree)
     except lark.exceptions.UnexpectedInput as err:
-        raise _syntax_error(err, parser).attach(source, path) from None
+        raise _syntax_error(err, parser, source).attach(source, path) from None
+    except SpecError as err:
+        raise err.attach(source, path) from None
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, SpecError):
             raise err.orig_exc.attach(source, path) from None
         raise
-    except RecursionError:
-        raise SpecError("expression nested too deeply", 1, 1).attach(source, path) from None
     return ir.SpecFile(attentions, source, path, line=1, column=1)

@@ -32,8 +32,8 @@ class _Evaluator:
         return x if x.dtype == want else x.to(want)
 
     def const(self, value, ty: str) -> torch.Tensor:
-        return torch.tensor(value, device=self.device).to(
-            {FLOAT: self.dtype, INT: torch.int64, BOOL: torch.bool}[ty])
+        dtype = {FLOAT: self.dtype, INT: torch.int64, BOOL: torch.bool}[ty]
+        return torch.tensor(value, dtype=dtype, device=self.device)
 
     def __call__(self, e: ir.Expr) -> torch.Tensor:
         if isinstance(e, ir.IntLit | ir.FloatLit | ir.BoolLit):
@@ -161,6 +161,9 @@ def reference(attention: ir.Attention, q, k, v, *, scale=None, return_lse=False,
     modified = evaluate(attention.score).expand(B, H, M, N)
     keep = evaluate(attention.mask).expand(B, H, M, N)
     modified = torch.where(keep, modified, torch.full((), -torch.inf, dtype=dtype, device=device))
+    if N == 0:  # no keys: one masked stand-in key keeps the graph connected to q, k, v
+        modified = torch.cat([modified, modified.new_full((B, H, M, 1), -torch.inf)], dim=-1)
+        v_full = torch.cat([v_full, v_full.new_zeros(B, H, 1, v.shape[-1])], dim=-2)
 
     # softmax with fully masked rows giving zeros instead of NaN; the row max is a constant
     # shift, so detaching it changes no gradient
