@@ -184,6 +184,8 @@ def autotune_configs(fixed: dict | None, space: dict | None, *, interpret: bool)
         first = knobs[0]
         knobs = [{**first, "m": min(first["m"], _INTERPRET_MAX_BLOCK),
                   "n": min(first["n"], _INTERPRET_MAX_BLOCK)}]
+    elif os.environ.get("ATTNGEN_AUTOTUNE", "1") == "0":  # quick start: the first config only
+        knobs = knobs[:1]
     return [triton.Config({"BLOCK_M": k["m"], "BLOCK_N": k["n"]}, num_warps=k["warps"],
                           num_stages=k["stages"]) for k in knobs]
 

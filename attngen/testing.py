@@ -1,0 +1,51 @@
+"""Helpers for testing ops against their reference: random valid params, error metrics.
+
+Used by the test suite and the GPU check script; the comparison rule is FlexAttention's: a
+kernel passes when its error against a float64 golden is at most 1.1× the error of the eager
+reference run in the kernel's dtype, plus a small absolute floor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import ir
+from .runtime import TORCH_DTYPES
+
+
+def random_params(attention: ir.Attention, batch: int, heads_q: int, heads_kv: int, q_len: int,
+                  kv_len: int, device, generator: torch.Generator | None = None) -> dict:
+    """Valid random values for every param: float tables ~N(0, 1) (slopes in (0, 1)), integer
+    [B, KV] params as sorted document ids, other integer params in [0, kv_len]."""
+    sizes = {"B": batch, "H": heads_q, "HKV": heads_kv, "Q": q_len, "KV": kv_len}
+    out = {}
+    for p in attention.params:
+        shape = tuple(sizes[d] if isinstance(d, str) else d for d in p.dims)
+        dtype = TORCH_DTYPES[p.dtype]
+        if p.ty == ir.FLOAT:
+            value = torch.rand(shape, generator=generator) if p.dims == ("H",) else \
+                torch.randn(shape, generator=generator)
+        elif p.ty == ir.BOOL:
+            value = torch.rand(shape, generator=generator) < 0.5
+        elif p.dims == ("B", "KV"):
+            value = torch.sort(torch.randint(0, 4, shape, generator=generator), dim=-1).values
+        else:
+            value = torch.randint(0, kv_len + 1, shape, generator=generator)
+        out[p.name] = value.to(dtype=dtype, device=device)
+    return out
+
+
+def mean_abs_error(x: torch.Tensor, golden: torch.Tensor) -> float:
+    """Mean |x - golden| over entries where the golden is finite; inf patterns must agree."""
+    x, golden = x.double(), golden.double()
+    finite = torch.isfinite(golden)
+    if not torch.equal(torch.isfinite(x), finite) or not torch.equal(x[~finite], golden[~finite]):
+        return float("inf")
+    if not finite.any():
+        return 0.0
+    return (x[finite] - golden[finite]).abs().mean().item()
+
+
+def within_rule(kernel_err: float, reference_err: float, *, factor: float = 1.1,
+                floor: float = 1e-5) -> bool:
+    return kernel_err <= factor * reference_err + floor

@@ -1,0 +1,224 @@
+"""GPU check: bf16/fp16 numerics of every example against float64, and forward speed beside
+SDPA (flash, cuDNN) and compiled FlexAttention, all in one process.
+
+    python benchmarks/gpu_check.py correctness      # the test matrix, FlexAttention's rule
+    python benchmarks/gpu_check.py bench            # forward TFLOP/s table
+    python benchmarks/gpu_check.py all
+
+Writes JSON under $OUT (or --out) and prints a short table last. FLOPs follow FlashAttention:
+fwd = 4·B·H·M·N·D times the kept fraction of the score matrix (1/2 when causal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import attngen  # noqa: E402
+from attngen.testing import mean_abs_error, random_params, within_rule  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# small windows/chunks so the masks bite at test lengths
+INLINE = {
+    "window7": "attention window7 { mask causal & window(7) }",
+    "window5_3": "attention window5_3 { mask window(5, 3) }",
+    "chunk16": "attention chunk16 { mask causal & chunk(16) }",
+    "softcap": "attention softcap { score 30.0 * tanh(score / 30.0)\n mask causal }",
+}
+SHAPES = [(1, 1), (3, 3), (17, 17), (113, 113), (239, 239), (1, 239), (17, 113), (113, 203),
+          (239, 1), (1023, 1024)]
+GQA = [(4, 4), (8, 2), (8, 1)]
+HEAD_DIMS = [16, 64, 80, 128]
+
+
+def load_all():
+    ops = [attngen.load(p) for p in sorted(glob.glob(str(EXAMPLES / "*.attn")))]
+    ops += [attngen.load(text) for text in INLINE.values()]
+    return ops
+
+
+def check_case(op, dtype, B, Hq, Hkv, M, N, D, gen):
+    dev = "cuda"
+    q = torch.randn(B, Hq, M, D, generator=gen).to(dev)
+    k = torch.randn(B, Hkv, N, D, generator=gen).to(dev)
+    v = torch.randn(B, Hkv, N, D, generator=gen).to(dev)
+    params = random_params(op.spec, B, Hq, Hkv, M, N, dev, gen)
+    gold_o, gold_l = op.reference(q.double(), k.double(), v.double(), return_lse=True, **params)
+    ref_o, ref_l = op.reference(q.to(dtype), k.to(dtype), v.to(dtype), return_lse=True, **params)
+    out, lse = op(q.to(dtype), k.to(dtype), v.to(dtype), return_lse=True, **params)
+    errs = {
+        "out": (mean_abs_error(out, gold_o), mean_abs_error(ref_o, gold_o)),
+        "lse": (mean_abs_error(lse, gold_l), mean_abs_error(ref_l.float(), gold_l)),
+    }
+    ok = all(within_rule(kern, ref) for kern, ref in errs.values())
+    return ok, errs
+
+
+def correctness(out_dir: Path) -> list[dict]:
+    os.environ["ATTNGEN_AUTOTUNE"] = "0"  # one config per shape bucket keeps compiles bounded
+    rows, gen = [], torch.Generator().manual_seed(0)
+    t0 = time.time()
+    for op in load_all():
+        dims = op.spec.head_dims or HEAD_DIMS
+        for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            if dtype_name not in op.spec.dtypes:
+                continue
+            for (M, N) in SHAPES:
+                for (Hq, Hkv) in GQA:
+                    for D in dims:
+                        if dtype == torch.float16 and (Hq, Hkv) != (8, 2):
+                            continue  # fp16: one GQA ratio; bf16 gets the whole matrix
+                        ok, errs = check_case(op, dtype, 2, Hq, Hkv, M, N, D, gen)
+                        rows.append(dict(spec=op.name, dtype=str(dtype)[6:], M=M, N=N, Hq=Hq,
+                                         Hkv=Hkv, D=D, ok=ok,
+                                         **{f"{k}_err": e[0] for k, e in errs.items()},
+                                         **{f"{k}_ref_err": e[1] for k, e in errs.items()}))
+                        if not ok:
+                            print("FAIL", rows[-1], flush=True)
+        print(f"{op.name}: {sum(r['ok'] for r in rows if r['spec'] == op.name)}/"
+              f"{sum(r['spec'] == op.name for r in rows)} ok ({time.time() - t0:.0f}s)", flush=True)
+    (out_dir / "correctness.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+# ---- speed ------------------------------------------------------------------------------------
+
+def bench_cases():
+    """(case, mode, B, H, N, D, attngen spec, kept fraction)"""
+    cases = []
+    for D, N in ((128, 4096), (128, 16384), (64, 4096)):
+        B, H = max(1, 16384 // N), 2048 // D
+        cases.append(("fwd", "full", B, H, N, D, "encoder", 1.0))
+        cases.append(("fwd", "causal", B, H, N, D, "llama", 0.5))
+    N, B, H, D = 8192, 2, 16, 128
+    w = 1024
+    cases.append(("fwd", "window1024", B, H, N, D, "attention w { mask causal & window(1023) }",
+                  (w * N - w * (w - 1) / 2) / (N * N)))
+    cases.append(("fwd", "doc8", B, H, N, D, "packed_docs", 0.5 / 8))
+    cases.append(("fwd", "softcap", B, H, N, D, INLINE["softcap"], 0.5))
+    cases.append(("fwd", "alibi", B, H, N, D, "alibi", 0.5))
+    return cases
+
+
+def bench(out_dir: Path) -> list[dict]:
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from triton.testing import do_bench
+
+    torch._dynamo.config.recompile_limit = 1000
+    torch._dynamo.config.cache_size_limit = 1000
+    flex = torch.compile(flex_attention, dynamic=False)
+    rows = []
+    dev, dt = "cuda", torch.bfloat16
+
+    def timed(fn):
+        fn()
+        torch.cuda.synchronize()
+        return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+    for case, mode, B, H, N, D, spec, frac in bench_cases():
+        torch._dynamo.reset()
+        q, k, v = (torch.randn(B, H, N, D, device=dev, dtype=dt) for _ in range(3))
+        flop = 4 * B * H * N * N * D * frac
+        op = attngen.load(EXAMPLES / f"{spec}.attn") if "{" not in spec else attngen.load(spec)
+        params = {}
+        if op.name == "alibi":
+            params["slopes"] = torch.exp2(-8.0 * (torch.arange(H, device=dev) + 1) / H)
+        doc = (torch.arange(N, device=dev) * 8) // N
+        if op.name == "packed_docs":
+            params["doc"] = doc.to(torch.int32).expand(B, N).contiguous()
+        impls = {"attngen": lambda: op(q, k, v, **params)}
+        if mode in ("full", "causal"):
+            for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
+                             ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+                def sdpa(be=be):
+                    with sdpa_kernel([be]):
+                        return F.scaled_dot_product_attention(q, k, v, is_causal=mode == "causal")
+                impls[name] = sdpa
+        causal = lambda b, h, i, j: i >= j  # noqa: E731
+        masks = {"full": None, "causal": causal, "softcap": causal, "alibi": causal,
+                 "window1024": lambda b, h, i, j: (i >= j) & (i - j < 1024),
+                 "doc8": lambda b, h, i, j: (doc[i] == doc[j]) & (i >= j)}
+        block_mask = create_block_mask(masks[mode], 1, 1, N, N, device=dev) if masks[mode] else None
+        score_mod = None
+        if mode == "softcap":
+            score_mod = lambda s, b, h, i, j: 30.0 * torch.tanh(s / 30.0)  # noqa: E731
+        if mode == "alibi":
+            slopes = params["slopes"]
+            score_mod = lambda s, b, h, i, j: s + slopes[h] * (j - i)  # noqa: E731
+        impls["flex"] = lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
+        outs = {}
+        for name, fn in impls.items():
+            try:
+                start = time.time()
+                outs[name] = fn()
+                torch.cuda.synchronize()
+                first = time.time() - start
+                ms = timed(fn)
+                rows.append(dict(case=case, impl=name, mode=mode, B=B, H=H, N=N, D=D,
+                                 fwd_ms=round(ms, 4), fwd_tflops=round(flop / ms / 1e9, 1),
+                                 first_call_s=round(first, 2)))
+            except Exception as err:  # a peer failing must not hide the others
+                rows.append(dict(case=case, impl=name, mode=mode, N=N, D=D, error=repr(err)[:300]))
+            print(json.dumps(rows[-1]), flush=True)
+        if "flex" in outs and "attngen" in outs:  # same function: outputs must agree
+            diff = (outs["attngen"].float() - outs["flex"].float()).abs().max().item()
+            rows.append(dict(case="agreement", mode=mode, N=N, D=D, max_abs_diff_vs_flex=diff))
+            print(json.dumps(rows[-1]), flush=True)
+    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+                triton=__import__("triton").__version__, python=platform.python_version(),
+                date=str(date.today()))
+    (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return rows
+
+
+def table(rows):
+    by = {}
+    for r in rows:
+        if "fwd_tflops" in r:
+            by.setdefault((r["mode"], r["N"], r["D"]), {})[r["impl"]] = r["fwd_tflops"]
+    impls = ["attngen", "sdpa_flash", "sdpa_cudnn", "flex"]
+    lines = ["| mode | N | D | " + " | ".join(impls) + " | attngen/flex |", "|---" * 7 + "|---|"]
+    for (mode, N, D), vals in by.items():
+        ratio = vals.get("attngen", 0) / vals["flex"] if vals.get("flex") else float("nan")
+        lines.append(f"| {mode} | {N} | {D} | " + " | ".join(str(vals.get(i, "–")) for i in impls)
+                     + f" | {ratio:.2f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("part", choices=["correctness", "bench", "all"])
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(torch.__version__, torch.cuda.get_device_name(), flush=True)
+    summary = []
+    if args.part in ("correctness", "all"):
+        rows = correctness(out_dir)
+        bad = [r for r in rows if not r["ok"]]
+        summary.append(f"correctness: {len(rows) - len(bad)}/{len(rows)} cases pass "
+                       f"(kernel mean error <= 1.1 x bf16/fp16 eager error + 1e-5, out and lse)")
+        worst = max(rows, key=lambda r: r["out_err"] / max(r["out_ref_err"], 1e-9))
+        summary.append(f"worst out error ratio: {worst['out_err'] / max(worst['out_ref_err'], 1e-9):.3f} "
+                       f"({worst['spec']} {worst['dtype']} M={worst['M']} N={worst['N']} D={worst['D']})")
+    if args.part in ("bench", "all"):
+        rows = bench(out_dir)
+        summary.append(table(rows))
+    print("\n".join(summary))
+
+
+if __name__ == "__main__":
+    main()
