@@ -60,6 +60,7 @@ class Lowered:
     params: tuple[KernelParam, ...]
     causal_upper: bool  # the mask implies kv <= q: keys past the tile's last query are skipped
     window_left: int | None  # the mask implies q - window_left <= kv: earlier keys are skipped
+    mask_exact: bool  # the mask is exactly those bounds: tiles inside them need no mask math
 
 
 def _is_atom(text: str) -> bool:
@@ -205,23 +206,36 @@ def _is_name(e: ir.Expr, name: str) -> bool:
     return isinstance(e, ir.Name) and e.id == name
 
 
-def _key_range(mask: ir.Expr) -> tuple[bool, int | None]:
+def _key_range(mask: ir.Expr) -> tuple[bool, int | None, bool]:
     """Key bounds the mask implies for every query, read off its top-level conjuncts.
 
-    ``kv <= q`` bounds keys above; ``q - n <= kv`` (n a literal) bounds them below. The full
+    ``kv <= q`` bounds keys above; ``q - n <= kv`` (n a literal) bounds them below. Returns
+    (upper, left, exact): exact when the mask says nothing beyond these bounds (``kv <= q + n``
+    with n >= 0 adds nothing to ``kv <= q``), so tiles inside the bounds are FULL. The general
     tile classification (any affine form, document masks) belongs to the sparsity analysis.
     """
     upper, left = False, None
+    leftover = []
     for c in _conjuncts(mask):
-        if not isinstance(c, ir.Binary) or c.op != "<=":
+        if isinstance(c, ir.BoolLit) and c.value:
             continue
-        if _is_name(c.left, "kv") and _is_name(c.right, "q"):
-            upper = True
-        if _is_name(c.right, "kv") and isinstance(c.left, ir.Binary) and c.left.op == "-" \
-                and _is_name(c.left.left, "q") and isinstance(c.left.right, ir.IntLit):
-            n = c.left.right.value
-            left = n if left is None else min(left, n)
-    return upper, left
+        if isinstance(c, ir.Binary) and c.op == "<=":
+            if _is_name(c.left, "kv") and _is_name(c.right, "q"):
+                upper = True
+                continue
+            if _is_name(c.right, "kv") and isinstance(c.left, ir.Binary) and c.left.op == "-" \
+                    and _is_name(c.left.left, "q") and isinstance(c.left.right, ir.IntLit):
+                n = c.left.right.value
+                left = n if left is None else min(left, n)
+                continue
+        leftover.append(c)
+    exact = all(_is_name(c.left, "kv") and isinstance(c.right, ir.Binary) and c.right.op == "+"
+                and _is_name(c.right.left, "q") and isinstance(c.right.right, ir.IntLit)
+                and c.right.right.value >= 0
+                for c in leftover if isinstance(c, ir.Binary) and c.op == "<=") \
+        and all(isinstance(c, ir.Binary) and c.op == "<=" for c in leftover) \
+        and (upper or not leftover)
+    return upper, left, exact
 
 
 def lower(attention: ir.Attention) -> Lowered:
@@ -231,7 +245,7 @@ def lower(attention: ir.Attention) -> Lowered:
     keeps_all = isinstance(attention.mask, ir.BoolLit) and attention.mask.value
     mask = None if keeps_all else lowerer(attention.mask)
     params = tuple(KernelParam(p.name, p.dtype, len(p.dims), p.grad) for p in attention.params)
-    upper, left = _key_range(attention.mask)
+    upper, left, exact = _key_range(attention.mask)
     return Lowered(score=score, mask=mask, score_is_identity=_is_name(attention.score, "score"),
                    score_uses_score=score_uses_score, params=params, causal_upper=upper,
-                   window_left=left)
+                   window_left=left, mask_exact=exact)

@@ -70,6 +70,7 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "score_is_identity": low.score_is_identity,
         "causal_upper": low.causal_upper,
         "window_left": -1 if low.window_left is None else low.window_left,
+        "mask_exact": low.mask_exact,
         "fwd_fixed": _knobs(attention.blocks, "fwd", as_list=False),
         "fwd_space": _knobs(attention.tune, "fwd", as_list=True),
     }

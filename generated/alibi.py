@@ -44,6 +44,7 @@ FWD_FLAGS = dict(
     HAS_MASK=True,
     SKIP_ABOVE_DIAGONAL=True,
     WINDOW_LEFT=-1,
+    MASK_EXACT=True,
 )
 
 
@@ -77,13 +78,95 @@ def _tanh(x):
 #   query row i sits at absolute position q = i + N - M (bottom-right alignment)
 # Flags (constexpr):
 #   SCORE_IS_IDENTITY    the spec's score is `score`: log2(e) is folded into the scale
-#   HAS_MASK             the spec's mask is not `all`: evaluate it per element
+#   HAS_MASK             the spec's mask is not `all`: evaluate it on PARTIAL tiles
 #   SKIP_ABOVE_DIAGONAL  the mask implies kv <= q: stop at the tile's last query position
 #   WINDOW_LEFT          >= 0 when the mask implies q - WINDOW_LEFT <= kv: start there
+#   MASK_EXACT           the mask is exactly those bounds, so tiles inside them are FULL: no mask
+#                        math, no bounds checks; otherwise every visited tile is PARTIAL
+#   EVEN_D               HEAD_DIM == BLOCK_D: loads need no head-dim mask
 #   PRECISION            tl.dot input precision ("ieee" for fp32 inputs)
 # Scores run in fp32 in the log2 domain (exp2); the online softmax keeps a row max m_i and sum l_i.
 # [Note] fully masked rows: while a row's max is -inf, exponents use 0 as the shift, so every
 # weight is exp2(-inf) = 0, no NaN appears, and the row ends with l_i = 0: Out 0, Lse -inf.
+
+
+@triton.jit
+def _alibi_fwd_tiles(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    stride_kn,
+    stride_vn,
+    q_pos,
+    off_b,
+    off_h,
+    off_hkv,
+    p_slopes,
+    p_slopes_stride0,
+    batch,
+    heads_q,
+    heads_kv,
+    q_len,
+    kv_len,
+    qk_scale,
+    start,
+    end,
+    offs_n,
+    d_valid,
+    PRECISION: tl.constexpr,
+    SCORE_IS_IDENTITY: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    PARTIAL: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Online softmax over key tiles [start, end): PARTIAL tiles check bounds and the mask."""
+    for start_n in range(start, end, BLOCK_N):
+        kv_pos = start_n + offs_n
+        if PARTIAL:
+            n_valid = kv_pos < kv_len
+            k = tl.load(
+                k_base + kv_pos[None, :] * stride_kn,
+                mask=n_valid[None, :] & d_valid[:, None],
+                other=0.0,
+            )
+            v = tl.load(
+                v_base + kv_pos[:, None] * stride_vn,
+                mask=n_valid[:, None] & d_valid[None, :],
+                other=0.0,
+            )
+        elif EVEN_D:
+            k = tl.load(k_base + kv_pos[None, :] * stride_kn)
+            v = tl.load(v_base + kv_pos[:, None] * stride_vn)
+        else:
+            k = tl.load(k_base + kv_pos[None, :] * stride_kn, mask=d_valid[:, None], other=0.0)
+            v = tl.load(v_base + kv_pos[:, None] * stride_vn, mask=d_valid[None, :], other=0.0)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+        if not SCORE_IS_IDENTITY:
+            s = s + (
+                tl.load(p_slopes + off_h * p_slopes_stride0)
+                * (kv_pos[None, :] - q_pos[:, None]).to(tl.float32)
+            )
+            s = s * LOG2E
+        if PARTIAL:
+            keep = n_valid[None, :]
+            if HAS_MASK:
+                keep = keep & (kv_pos[None, :] <= q_pos[:, None])
+            s = tl.where(keep, s, -INF)
+
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_shift = tl.where(m_new == -INF, 0.0, m_new)
+        p = tl.exp2(s - m_shift[:, None])
+        alpha = tl.exp2(m_i - m_shift)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
 @triton.autotune(
     configs=_FWD_CONFIGS,
     key=["q_bucket", "kv_bucket", "HEAD_DIM"],
@@ -125,6 +208,7 @@ def alibi_fwd(
     HAS_MASK: tl.constexpr,
     SKIP_ABOVE_DIAGONAL: tl.constexpr,
     WINDOW_LEFT: tl.constexpr,
+    MASK_EXACT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -148,14 +232,23 @@ def alibi_fwd(
     k_base = K + off_b * stride_kb + off_hkv * stride_kh + offs_d[:, None]
     v_base = V + off_b * stride_vb + off_hkv * stride_vh + offs_d[None, :]
 
-    # the key range this query tile can see
+    # Key tiles this query tile can see, [lo, hi), and among them the FULL ones, [full_lo, full_hi)
     first_q = pid_m * BLOCK_M + (kv_len - q_len)
+    last_q = first_q + BLOCK_M - 1
     lo = 0
     hi = kv_len
+    full_lo = 0
+    full_hi = (kv_len // BLOCK_N) * BLOCK_N
     if SKIP_ABOVE_DIAGONAL:
-        hi = tl.maximum(tl.minimum(kv_len, first_q + BLOCK_M), 0)
+        hi = tl.maximum(tl.minimum(kv_len, last_q + 1), 0)
+        full_hi = (tl.maximum(tl.minimum(kv_len, first_q + 1), 0) // BLOCK_N) * BLOCK_N
     if WINDOW_LEFT >= 0:
         lo = (tl.maximum(first_q - WINDOW_LEFT, 0) // BLOCK_N) * BLOCK_N
+        full_lo = tl.cdiv(tl.maximum(last_q - WINDOW_LEFT, 0), BLOCK_N) * BLOCK_N
+    if not MASK_EXACT:
+        full_lo = hi  # no FULL tiles: every visited tile evaluates the mask
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
 
     if SCORE_IS_IDENTITY:
         qk_scale = scale * LOG2E
@@ -164,38 +257,49 @@ def alibi_fwd(
     m_i = tl.full([BLOCK_M], -INF, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(lo, hi, BLOCK_N):
-        kv_pos = start_n + offs_n
-        n_valid = kv_pos < kv_len
-        k = tl.load(
-            k_base + kv_pos[None, :] * stride_kn,
-            mask=n_valid[None, :] & d_valid[:, None],
-            other=0.0,
+    # PARTIAL tiles before the FULL ones (window edge), the FULL ones, PARTIAL ones after (diagonal)
+    for i in tl.static_range(3):
+        if i == 0:
+            start = lo
+            end = full_lo
+        elif i == 1:
+            start = full_lo
+            end = full_hi
+        else:
+            start = full_hi
+            end = hi
+        acc, l_i, m_i = _alibi_fwd_tiles(
+            acc,
+            l_i,
+            m_i,
+            q,
+            k_base,
+            v_base,
+            stride_kn,
+            stride_vn,
+            q_pos,
+            off_b,
+            off_h,
+            off_hkv,
+            p_slopes,
+            p_slopes_stride0,
+            batch,
+            heads_q,
+            heads_kv,
+            q_len,
+            kv_len,
+            qk_scale,
+            start,
+            end,
+            offs_n,
+            d_valid,
+            PRECISION,
+            SCORE_IS_IDENTITY,
+            HAS_MASK,
+            i != 1,
+            HEAD_DIM == BLOCK_D,
+            BLOCK_N,
         )
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-        if not SCORE_IS_IDENTITY:
-            s = s + (
-                tl.load(p_slopes + off_h * p_slopes_stride0)
-                * (kv_pos[None, :] - q_pos[:, None]).to(tl.float32)
-            )
-            s = s * LOG2E
-        keep = n_valid[None, :]
-        if HAS_MASK:
-            keep = keep & (kv_pos[None, :] <= q_pos[:, None])
-        s = tl.where(keep, s, -INF)
-
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_shift = tl.where(m_new == -INF, 0.0, m_new)
-        p = tl.exp2(s - m_shift[:, None])
-        alpha = tl.exp2(m_i - m_shift)
-        v = tl.load(
-            v_base + kv_pos[:, None] * stride_vn,
-            mask=n_valid[:, None] & d_valid[None, :],
-            other=0.0,
-        )
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)

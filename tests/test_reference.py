@@ -251,37 +251,52 @@ def test_examples_at_their_real_window_and_chunk_sizes(name, m, n, d):
 # ---- inline specs with windows and chunks small enough to matter ------------------------------
 
 
+# Each builder: (b, h, m, n, generator, hkv) -> (params, keep, score_fn), from the semantics.
+
+
 def _inline_mask(text, mask_fn, score_fn=None):
-    def build(b, h, m, n, g):
+    def build(b, h, m, n, g, hkv):
         qpos, kpos = positions(m, n)
         return {}, mask_fn(qpos, kpos), score_fn
     return text, build
 
 
-def _case_alibi_window(b, h, m, n, g):
+def _inline_pymask(text, pred):
+    """A mask from a predicate on Python ints (q, kv, m, n): Python's own // and %."""
+    return text, lambda b, h, m, n, g, hkv: ({}, pymask(m, n, lambda q, kv: pred(q, kv, m, n)),
+                                             None)
+
+
+def _case_alibi_window(b, h, m, n, g, hkv):
     params, keep, score_fn = case_alibi(b, h, m, n, g)
     qpos, kpos = positions(m, n)
     return params, keep & window(qpos, kpos, 5), score_fn
 
 
-def _case_doc_only(b, h, m, n, g):
+def _case_let(b, h, m, n, g, hkv):
+    qpos, kpos = positions(m, n)
+    d = (kpos - qpos).to(F64)
+    return {}, ((kpos - qpos) <= 0) & ((kpos - qpos) > -7), lambda s: s + 0.125 * d
+
+
+def _case_doc_only(b, h, m, n, g, hkv):
     doc = torch.randint(0, 3, (b, n), generator=g, dtype=torch.int32)  # non-monotone ids
     return {"doc": doc}, doc_keep(doc, m, n), None
 
 
-def _case_scalars(b, h, m, n, g):
+def _case_scalars(b, h, m, n, g, hkv):
     qpos, kpos = positions(m, n)
     return ({"w": 3, "c": 2.5}, causal(qpos, kpos) & window(qpos, kpos, 3),
             lambda s: 2.5 * torch.tanh(s / 2.5))
 
 
-def _case_bool_param(b, h, m, n, g):
+def _case_bool_param(b, h, m, n, g, hkv):
     allow = torch.rand(b, n, generator=g) < 0.6
     qpos, kpos = positions(m, n)
     return {"allow": allow}, (causal(qpos, kpos) & allow[:, None, :]).unsqueeze(1), None
 
 
-def _case_q_indexed(b, h, m, n, g):
+def _case_q_indexed(b, h, m, n, g, hkv):
     # bias[q, kv] with the absolute query position: rows where q >= q_len read 0
     bias = torch.randn(m, n, generator=g, dtype=torch.float32)
     qpos, _ = positions(m, n)
@@ -290,7 +305,7 @@ def _case_q_indexed(b, h, m, n, g):
     return {"bias": bias}, torch.ones(m, n, dtype=torch.bool), lambda s: s + rows
 
 
-def _case_small_table(b, h, m, n, g):
+def _case_small_table(b, h, m, n, g, hkv):
     # t[h, kv - q + 4] for a table of 8 columns: distances outside [-4, 3] read 0
     t = torch.randn(h, 8, generator=g, dtype=torch.float32)
     qpos, kpos = positions(m, n)
@@ -300,14 +315,21 @@ def _case_small_table(b, h, m, n, g):
     return {"t": t}, torch.ones(m, n, dtype=torch.bool), lambda s: s + bias
 
 
-def _cases_heads():
-    def build(b, h, m, n, g, hkv):
-        hq_idx = torch.arange(h).view(1, h, 1, 1)
-        kv_of = hq_idx // (h // hkv)
-        qpos, kpos = positions(m, n)
-        keep = (kv_of == 0) | causal(qpos, kpos)
-        return {}, keep, lambda s: s + 0.25 * hq_idx.to(F64) - 0.5 * kv_of.to(F64)
-    return build
+def _case_heads(b, h, m, n, g, hkv):
+    # hkv is the kv head a query head reads: h // (Hq // Hkv)
+    hq_idx = torch.arange(h).view(1, h, 1, 1)
+    kv_of = hq_idx // (h // hkv)
+    qpos, kpos = positions(m, n)
+    keep = (kv_of == 0) | causal(qpos, kpos)
+    return {}, keep, lambda s: s + 0.25 * hq_idx.to(F64) - 0.5 * kv_of.to(F64)
+
+
+def _case_hkv_param(b, h, m, n, g, hkv):
+    sv = torch.randn(hkv, generator=g, dtype=torch.float32)
+    qpos, kpos = positions(m, n)
+    per_q_head = sv.to(F64)[torch.arange(h) // (h // hkv)].view(1, h, 1, 1)
+    return ({"s": sv}, causal(qpos, kpos),
+            lambda s: s + per_q_head * (kpos - qpos).to(F64) * 0.125)
 
 
 INLINE = {
@@ -320,25 +342,25 @@ INLINE = {
     "causal_window3_2": _inline_mask("attention w { mask causal & window(3, 2) }",
                                      lambda qp, kp: causal(qp, kp) & window(qp, kp, 3, 2)),
     "window0": _inline_mask("attention w { mask window(0) }", lambda qp, kp: kp == qp),
-    "chunk4": ("attention c { mask chunk(4) }",
-               lambda b, h, m, n, g: ({}, pymask(m, n, lambda q, kv: q // 4 == kv // 4), None)),
-    "causal_chunk4": ("attention c { mask causal & chunk(4) }",
-                      lambda b, h, m, n, g: ({}, pymask(
-                          m, n, lambda q, kv: kv <= q and q // 4 == kv // 4), None)),
+    "chunk4": _inline_pymask("attention c { mask chunk(4) }",
+                             lambda q, kv, m, n: q // 4 == kv // 4),
+    "causal_chunk4": _inline_pymask("attention c { mask causal & chunk(4) }",
+                                    lambda q, kv, m, n: kv <= q and q // 4 == kv // 4),
     "softcap_window5": _inline_mask(
         "attention g { score 30.0 * tanh(score / 30.0)\n mask causal & window(5) }",
         lambda qp, kp: causal(qp, kp) & window(qp, kp, 5), lambda s: 30.0 * torch.tanh(s / 30.0)),
     "drop": _inline_mask("attention d { mask causal\n drop q - kv > 6 }",
                          lambda qp, kp: causal(qp, kp) & ~(qp - kp > 6)),
-    "let": _inline_mask(
-        "attention l { let d = kv - q\n score score + 0.125 * d\n mask d <= 0 & d > -7 }",
-        lambda qp, kp: ((kp - qp) <= 0) & ((kp - qp) > -7),
-        None),  # score_fn set below (needs positions)
-    "lengths": ("attention ln { mask kv >= kv_len - 4 | kv < q_len - 3 }",
-                lambda b, h, m, n, g: ({}, pymask(m, n, lambda q, kv: kv >= n - 4 or kv < m - 3),
-                                       None)),
+    "let": ("attention l { let d = kv - q\n score score + 0.125 * d\n mask d <= 0 & d > -7 }",
+            _case_let),
+    "lengths": _inline_pymask("attention ln { mask kv >= kv_len - 4 | kv < q_len - 3 }",
+                              lambda q, kv, m, n: kv >= n - 4 or kv < m - 3),
+    "heads": ("attention hd { score score + 0.25 * h - 0.5 * hkv\n mask hkv == 0 | causal }",
+              _case_heads),
     "alibi_window5": ("attention aw { param slopes: f32[H]\n score score + slopes[h] * (kv - q)\n"
                       " mask causal & window(5) }", _case_alibi_window),
+    "hkv_param": ("attention hk { param s: f32[HKV]\n score score + s[hkv] * (kv - q) * 0.125\n"
+                  " mask causal }", _case_hkv_param),
     "document_only": ("attention dd { param doc: i32[B, KV]\n mask document(doc) }",
                       _case_doc_only),
     "scalar_params": ("attention sc { param w: i32\n param c: f32\n score c * tanh(score / c)\n"
@@ -352,19 +374,9 @@ INLINE = {
 }
 
 
-def _let_case(b, h, m, n, g):
-    qpos, kpos = positions(m, n)
-    d = (kpos - qpos).to(F64)
-    return {}, ((kpos - qpos) <= 0) & ((kpos - qpos) > -7), lambda s: s + 0.125 * d
-
-
-INLINE["let"] = (INLINE["let"][0], _let_case)
-HEADS_TEXT = "attention hd { score score + 0.25 * h - 0.5 * hkv\n mask hkv == 0 | causal }"
-
-
 def _inline_params():
     out = []
-    for name in [*INLINE, "heads"]:
+    for name in INLINE:
         for hq, hkv in [(4, 4), (8, 2)]:
             for m, n in MN_PAIRS + MN_LONGER_Q:
                 out.append(pytest.param(name, m, n, hq, hkv, id=f"{name}-M{m}-N{n}-H{hq}x{hkv}"))
@@ -375,23 +387,54 @@ def _inline_params():
 def test_inline_spec_matches_formula(name, m, n, hq, hkv):
     g = torch.Generator().manual_seed(_seed(name, m, n, hq))
     q, k, v = make_qkv(B, hq, hkv, m, n, 16, seed=m * 1000 + n + 1)
-    if name == "heads":
-        text = HEADS_TEXT
-        params, keep, score_fn = _cases_heads()(B, hq, m, n, g, hkv)
-    else:
-        text, build = INLINE[name]
-        params, keep, score_fn = build(B, hq, m, n, g)
+    text, build = INLINE[name]
+    params, keep, score_fn = build(B, hq, m, n, g, hkv)
     check_against(inline(text), q, k, v, params, keep, score_fn)
 
 
 def test_scalar_params_as_zero_dim_tensors():
     op = inline(INLINE["scalar_params"][0])
     q, k, v = make_qkv(2, 2, 2, 9, 9, 16, seed=5)
-    params, keep, score_fn = _case_scalars(2, 2, 9, 9, None)
+    params, keep, score_fn = _case_scalars(2, 2, 9, 9, None, 2)
     as_tensors = {"w": torch.tensor(3, dtype=torch.int32), "c": torch.tensor(2.5)}
     check_against(op, q, k, v, as_tensors, keep, score_fn)
     torch.testing.assert_close(op.reference(q, k, v, **as_tensors), op.reference(q, k, v, **params),
                                atol=0, rtol=0)
+
+
+FUNCTIONS_SPEC = """attention fx {
+    let d = kv - q
+    score where(d < -2, score, score * 0.5) + sigmoid(score) + cos(score)
+          + min(d, -1) * 0.25 + max(-d, 2) * 0.125 + abs(d) ** 2 * 0.0625
+          - floor(d / 4.0) * 0.5 + ceil(q / 3.0) * 0.25 + clamp(d, -3, 1) * 0.75
+          + sqrt(kv + 1) * 0.5 + exp(-abs(d) / 8.0) + 0.5 ** abs(d) - tanh(d / 5.0)
+          + log(kv + 2.0) * 0.5 + exp2(-abs(d) / 4.0) + log2(q_len + 1.0) + rsqrt(kv + 1.0)
+          + sin(d / 3.0)
+    mask q - 5 <= kv <= q + 1 & !(kv == q - 2) | kv == 0
+}"""
+
+
+def _functions_bias(q, kv, m):
+    d = kv - q
+    return (min(d, -1) * 0.25 + max(-d, 2) * 0.125 + abs(d) ** 2 * 0.0625
+            - math.floor(d / 4.0) * 0.5 + math.ceil(q / 3.0) * 0.25 + max(-3, min(d, 1)) * 0.75
+            + math.sqrt(kv + 1) * 0.5 + math.exp(-abs(d) / 8.0) + 0.5 ** abs(d)
+            - math.tanh(d / 5.0) + math.log(kv + 2.0) * 0.5 + 2.0 ** (-abs(d) / 4.0)
+            + math.log2(m + 1.0) + 1.0 / math.sqrt(kv + 1.0) + math.sin(d / 3.0))
+
+
+@pytest.mark.parametrize("m, n", MN_PAIRS + MN_LONGER_Q)
+def test_builtin_functions_and_chained_comparisons(m, n):
+    bias = torch.tensor([[_functions_bias(i + n - m, j, m) for j in range(n)] for i in range(m)],
+                        dtype=F64)
+    keep = pymask(m, n, lambda q, kv: (q - 5 <= kv <= q + 1 and not kv == q - 2) or kv == 0)
+    near = pymask(m, n, lambda q, kv: kv - q < -2)
+    q, k, v = make_qkv(2, 4, 2, m, n, 16, seed=m * 7 + n)
+
+    def score_fn(s):
+        return torch.where(near, s, s * 0.5) + torch.sigmoid(s) + torch.cos(s) + bias
+
+    check_against(inline(FUNCTIONS_SPEC), q, k, v, {}, keep, score_fn)
 
 
 # ---- packed documents and prefixes --------------------------------------------------------------
@@ -497,6 +540,41 @@ def test_rows_before_the_sequence_are_masked(name, m, n):
     assert (lse[:, :, :lead] == NEG_INF).all() and torch.isfinite(lse[:, :, lead:]).all()
     gq, _, _ = _check_grads_against_formula(example(name), q, k, v, params, keep)
     assert torch.equal(gq[:, :, :lead], torch.zeros_like(gq[:, :, :lead]))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: a score expression that is not finite at masked-out positions (here score / (q - kv) "
+    "under mask kv < q: 0/0 and x/0 on and above the diagonal) gives NaN gradients for q, k and "
+    "float params, although the forward is right and masked positions take no part in the "
+    "result: reference() evaluates the score expression on the whole [B, H, M, N] grid and masks "
+    "afterwards with torch.where(keep, modified, -inf), so the zero upstream gradient meets "
+    "d(x / 0) (0 * inf = NaN); evaluating the score only at kept entries (env tensors expanded "
+    "and indexed with keep, then scattered into a -inf tensor) fixes it"))
+@pytest.mark.parametrize("with_param", [False, True], ids=["score_only", "float_param"])
+def test_masked_positions_leak_no_nan_into_gradients(with_param):
+    m = n = 6
+    text = ("attention r { param c: f32[H] grad\n score score / (q - kv) + c[h] / (q - kv)\n"
+            " mask kv < q }" if with_param else "attention r { score score / (q - kv)\n mask kv < q }")
+    q, k, v = make_qkv(1, 2, 2, m, n, 16, seed=29, requires_grad=True)
+    c = torch.tensor([0.5, -0.25], requires_grad=True)
+    params = {"c": c} if with_param else {}
+    qpos, kpos = positions(m, n)
+    keep = kpos < qpos
+    # the same function, written with a finite stand-in (0) at the masked positions
+    inv = torch.where(keep, 1.0 / (qpos - kpos).clamp(min=1).to(F64), torch.zeros((), dtype=F64))
+    c64 = c.detach().to(F64).requires_grad_()
+    score_fn = (lambda s: s * inv + c64.view(1, 2, 1, 1) * inv) if with_param else \
+        (lambda s: s * inv)
+    out, lse = check_against(inline(text), q, k, v, params, keep, score_fn)  # forward is fine
+    got = _check_grads_against_formula(inline(text), q, k, v, params, keep, score_fn,
+                                       grad_params=("c",) if with_param else ())
+    if with_param:
+        exp_out, exp_lse = formula(q.detach(), k.detach(), v.detach(), keep, score_fn)
+        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+        live = torch.isfinite(exp_lse)
+        (want,) = torch.autograd.grad(
+            (exp_out * w).sum() + exp_lse.masked_fill(~live, 0.0).sum(), [c64])
+        torch.testing.assert_close(got[3].to(F64), want, atol=1e-6, rtol=1e-6)
 
 
 # ---- gradients ----------------------------------------------------------------------------------
@@ -647,16 +725,9 @@ def _literal_check(literal):
                   lambda s: s + literal * dist)
 
 
-@pytest.mark.parametrize("literal", [0.5, 0.375, 1.25, 30.0])
-def test_float_literals_exact_in_float32(literal):
-    _literal_check(literal)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: reference._Evaluator.const builds literals with torch.tensor(value), whose default "
-    "dtype is float32, and only then casts to the inputs' dtype, so a float64 golden uses "
-    "0.1 -> 0.10000000149011612 (a literal not exact in float32 is off by up to ~6e-8 relative)"))
-@pytest.mark.parametrize("literal", [0.1, 0.3, 1e-3, 2.0 / 3.0])
+# literals float32 cannot hold exactly must keep float64 precision in a float64 golden
+# (regression: they were once built as float32 tensors, 0.1 -> 0.10000000149011612)
+@pytest.mark.parametrize("literal", [0.5, 0.375, 1.25, 30.0, 0.1, 0.3, 1e-3, 2.0 / 3.0])
 def test_float_literals_keep_float64_precision(literal):
     _literal_check(literal)
 
@@ -690,19 +761,20 @@ def test_empty_query():
     assert out.shape == (2, 4, 0, 16) and lse.shape == (2, 4, 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: kv_len == 0 is accepted by input validation but reference() then crashes with "
-    "IndexError from amax() over the empty key dimension, instead of either a ValueError naming "
-    "k / kv_len or the documented fully-masked result (out 0, lse -inf)"))
-def test_empty_keys_every_row_masked_or_rejected():
-    q, k, v = make_qkv(2, 4, 2, 3, 0, 16)
-    try:
-        out, lse = example("llama").reference(q, k, v, return_lse=True)
-    except ValueError as err:
-        assert "k" in str(err)
-        return
+@pytest.mark.parametrize("name", ["llama", "encoder", "alibi", "prefix_lm"])
+def test_empty_keys_every_row_masked(name):
+    # kv_len == 0: every row has no key, so out 0 and lse -inf; backward gives zeros, not NaN
+    # (regression: amax() over the empty key dimension once raised IndexError)
+    q, k, v = make_qkv(2, 4, 2, 3, 0, 16, requires_grad=True)
+    params = {"alibi": {"slopes": torch.ones(4)},
+              "prefix_lm": {"prefix": torch.tensor([0, 5], dtype=torch.int32)}}.get(name, {})
+    out, lse = example(name).reference(q, k, v, return_lse=True, **params)
+    assert out.shape == (2, 4, 3, 16) and lse.shape == (2, 4, 3)
     assert torch.equal(out, torch.zeros_like(out))
     assert torch.equal(lse, torch.full_like(lse, NEG_INF))
+    torch.autograd.backward([out, lse], [torch.randn_like(out), torch.ones_like(lse)])
+    _assert_no_nan_grads(q, k, v)
+    assert torch.equal(q.grad, torch.zeros_like(q))
 
 
 # ---- input validation ---------------------------------------------------------------------------
