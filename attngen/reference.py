@@ -157,10 +157,13 @@ def reference(attention: ir.Attention, q, k, v, *, scale=None, return_lse=False,
         "score": score,
     }
     env.update({name: t for name, t in tensors.items() if t.ndim == 0})
-    evaluate = _Evaluator(env, tensors, dtype, device)
-    modified = evaluate(attention.score).expand(B, H, M, N)
-    keep = evaluate(attention.mask).expand(B, H, M, N)
-    modified = torch.where(keep, modified, torch.full((), -torch.inf, dtype=dtype, device=device))
+    keep = _Evaluator(env, tensors, dtype, device)(attention.mask).expand(B, H, M, N)
+    # The score is evaluated only where the mask keeps: a score expression that is not finite at
+    # masked entries (score / (q - kv) under kv < q) then cannot leak NaN into gradients.
+    kept_env = {name: t.expand(B, H, M, N)[keep] if t.ndim == 4 else t for name, t in env.items()}
+    kept = _Evaluator(kept_env, tensors, dtype, device)(attention.score)
+    modified = score.new_full((B, H, M, N), -torch.inf).index_put(
+        (keep,), kept.expand(int(keep.sum())))
     if N == 0:  # no keys: one masked stand-in key keeps the graph connected to q, k, v
         modified = torch.cat([modified, modified.new_full((B, H, M, 1), -torch.inf)], dim=-1)
         v_full = torch.cat([v_full, v_full.new_zeros(B, H, 1, v.shape[-1])], dim=-2)

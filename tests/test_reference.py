@@ -542,14 +542,6 @@ def test_rows_before_the_sequence_are_masked(name, m, n):
     assert torch.equal(gq[:, :, :lead], torch.zeros_like(gq[:, :, :lead]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a score expression that is not finite at masked-out positions (here score / (q - kv) "
-    "under mask kv < q: 0/0 and x/0 on and above the diagonal) gives NaN gradients for q, k and "
-    "float params, although the forward is right and masked positions take no part in the "
-    "result: reference() evaluates the score expression on the whole [B, H, M, N] grid and masks "
-    "afterwards with torch.where(keep, modified, -inf), so the zero upstream gradient meets "
-    "d(x / 0) (0 * inf = NaN); evaluating the score only at kept entries (env tensors expanded "
-    "and indexed with keep, then scattered into a -inf tensor) fixes it"))
 @pytest.mark.parametrize("with_param", [False, True], ids=["score_only", "float_param"])
 def test_masked_positions_leak_no_nan_into_gradients(with_param):
     m = n = 6

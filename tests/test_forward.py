@@ -1,0 +1,705 @@
+"""The generated Triton forward kernels against the eager reference, through the Triton
+interpreter on a CPU-only machine (on a CUDA machine the same tests run on the GPU).
+
+Comparison rule (all against a float64 golden: ``op.reference`` on the inputs upcast to float64,
+so input rounding is not counted as kernel error):
+
+* fp32: max relative error ``max|x - gold| / max|gold|`` <= 1e-4, for out and for the LSE;
+* fp16: the kernel's error is at most 2x the error of the reference evaluated in fp16 itself,
+  plus an absolute floor of 1e-3;
+* the LSE is compared on its finite entries only, and its -inf pattern must equal the golden's
+  (a fully masked row has out exactly 0 and lse -inf, never NaN). The LSE's relative error uses
+  max(max|gold|, 1) as denominator, so rows whose LSE is near 0 do not blow the ratio up.
+
+The default run is a covering subset that stays at a few minutes on two cores: every example on a
+few shapes, every shape / GQA ratio / head dim / dtype on ``llama`` and on one param spec
+(``alibi``), inline specs with windows and chunks small enough to bite at these sizes, and the
+special cases. ``ATTNGEN_FULL_MATRIX=1`` adds the full cross product
+(examples x lengths x GQA x head dims x dtypes).
+
+bf16 is not tested: the Triton interpreter mishandles it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import attngen
+import attngen.cache
+from attngen import runtime  # before triton: with no GPU this selects the Triton interpreter
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES_DIR = REPO / "examples"
+EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES_DIR.glob("*.attn"))
+
+F64 = torch.float64
+NEG_INF = float("-inf")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+FP32_TOL = 1e-4
+FP16_FACTOR, FP16_FLOOR = 2.0, 1e-3
+BATCH = 2
+
+MN_PAIRS = [(1, 1), (3, 3), (17, 17), (113, 113), (239, 239), (1, 239), (17, 113), (3, 64)]
+GQA = [(2, 2), (8, 2), (8, 1)]  # Hq:Hkv of 1:1, 4:1, 8:1
+HEAD_DIMS = [16, 64, 80, 128]
+FULL_MATRIX = os.environ.get("ATTNGEN_FULL_MATRIX") == "1"
+
+if torch.cuda.is_available() and not runtime.interpreting():
+    DEVICE = torch.device("cuda")
+else:
+    DEVICE = torch.device("cpu")
+    if not runtime.interpreting():
+        raise RuntimeError(
+            "tests/test_forward.py needs the Triton interpreter on a machine without a GPU, but "
+            "triton was imported before attngen.runtime could select it; set TRITON_INTERPRET=1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """A fresh attngen cache for this module, set before the first load."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATTNGEN_CACHE_DIR", str(tmp_path_factory.mktemp("attngen-cache")))
+        attngen.cache.cache_root.cache_clear()
+        _load.cache_clear()
+        yield
+        _load.cache_clear()
+    attngen.cache.cache_root.cache_clear()
+
+
+@functools.cache
+def _load(spec: str) -> attngen.AttentionOp:
+    return attngen.load(spec)
+
+
+def example(name: str) -> attngen.AttentionOp:
+    return _load(str(EXAMPLES_DIR / f"{name}.attn"))
+
+
+def inline(text: str) -> attngen.AttentionOp:
+    assert "{" in text
+    return _load(text)
+
+
+def _seed(*parts) -> int:
+    """A seed stable across runs (str hashes are salted per process)."""
+    return zlib.crc32(repr(parts).encode())
+
+
+def make_qkv(b, hq, hkv, m, n, d, dtype, *, seed=0, scale_inputs=1.0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(b, hq, m, d), (b, hkv, n, d), (b, hkv, n, d)]
+    return tuple((torch.randn(s, generator=g, dtype=F64) * scale_inputs).to(dtype).to(DEVICE)
+                 for s in shapes)
+
+
+# ---- params of the examples ------------------------------------------------------------------
+
+
+def make_params(name: str, b: int, hq: int, m: int, n: int, g: torch.Generator) -> dict:
+    if name == "alibi":
+        return {"slopes": torch.rand(hq, generator=g) * 0.5 + 0.01}
+    if name == "t5_bias":
+        return {"table": torch.randn(hq, 257, generator=g)}
+    if name == "packed_docs":
+        starts = (torch.rand(b, n, generator=g) < 0.2).to(torch.int32)
+        if n:
+            starts[:, 0] = 0
+        return {"doc": (torch.cumsum(starts, dim=1) + torch.randint(0, 3, (b, 1), generator=g))
+                .to(torch.int32)}
+    if name == "prefix_lm":
+        # one prefix inside [1, kv_len], one past kv_len (fully bidirectional), cycling
+        choices = [int(torch.randint(1, n + 1, (1,), generator=g)) if n else 0, n + 7, 0]
+        return {"prefix": torch.tensor([choices[i % 3] for i in range(b)], dtype=torch.int32)}
+    return {}
+
+
+def example_dtypes(name: str) -> list[str]:
+    return ["fp16"] if name == "llama4_chunked" else ["fp32", "fp16"]
+
+
+def example_head_dims(name: str) -> list[int]:
+    return [256] if name == "gemma2_local" else HEAD_DIMS
+
+
+def _on_device(params: dict) -> dict:
+    return {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in params.items()}
+
+
+# ---- the comparison ------------------------------------------------------------------------
+
+
+def rel_err(x: torch.Tensor, gold: torch.Tensor, *, floor: float = 1e-30) -> float:
+    if x.numel() == 0:
+        return 0.0
+    x, gold = x.detach().to(F64).cpu(), gold.detach().to(F64).cpu()
+    return ((x - gold).abs().max() / max(gold.abs().max().item(), floor)).item()
+
+
+def _lse_err(lse: torch.Tensor, gold: torch.Tensor) -> float:
+    finite = torch.isfinite(gold.cpu())
+    return rel_err(lse.cpu()[finite], gold.cpu()[finite], floor=1.0)
+
+
+def _assert_lse_pattern(lse, gold, what="kernel"):
+    lse, gold = lse.detach().cpu().to(F64), gold.detach().cpu().to(F64)
+    assert not torch.isnan(lse).any(), f"{what} lse has NaN"
+    assert not (lse == float("inf")).any(), f"{what} lse has +inf"
+    assert torch.equal(lse == NEG_INF, gold == NEG_INF), (
+        f"{what} lse -inf pattern differs from the golden's: kernel -inf at "
+        f"{(lse == NEG_INF).nonzero().tolist()[:8]}, golden at "
+        f"{(gold == NEG_INF).nonzero().tolist()[:8]}")
+
+
+def check_op(op, q, k, v, params=None, *, scale=None, rule="strict"):
+    """Run the kernel and the reference; assert the comparison rule. Returns (out, lse, gold)."""
+    params = _on_device(params or {})
+    dtype = q.dtype
+    out, lse = op(q, k, v, scale=scale, return_lse=True, **params)
+    b, hq, m, d = q.shape
+    assert out.shape == (b, hq, m, d) and out.dtype == dtype and out.device == q.device
+    assert lse.shape == (b, hq, m) and lse.dtype == torch.float32
+    assert not torch.isnan(out).any(), "kernel out has NaN"
+    assert torch.isfinite(out).all(), "kernel out has inf"
+    gold_out, gold_lse = op.reference(*(t.to(F64) for t in (q, k, v)), scale=scale,
+                                      return_lse=True, **params)
+    _assert_lse_pattern(lse, gold_lse)
+    out_err, lse_err = rel_err(out, gold_out), _lse_err(lse, gold_lse)
+    if dtype == torch.float32 and rule == "strict":
+        assert out_err <= FP32_TOL, f"fp32 out: max rel error {out_err:.3g} > {FP32_TOL}"
+        assert lse_err <= FP32_TOL, f"fp32 lse: max rel error {lse_err:.3g} > {FP32_TOL}"
+    else:
+        # versus the reference evaluated in the kernel's own dtype
+        ref_out, ref_lse = op.reference(q, k, v, scale=scale, return_lse=True, **params)
+        ref_out_err, ref_lse_err = rel_err(ref_out, gold_out), _lse_err(ref_lse, gold_lse)
+        floor = FP16_FLOOR if dtype == torch.float16 else FP32_TOL
+        assert out_err <= FP16_FACTOR * ref_out_err + floor, (
+            f"{dtype} out: kernel error {out_err:.3g} > {FP16_FACTOR} x reference error "
+            f"{ref_out_err:.3g} + {floor}")
+        assert lse_err <= FP16_FACTOR * ref_lse_err + floor, (
+            f"{dtype} lse: kernel error {lse_err:.3g} > {FP16_FACTOR} x reference error "
+            f"{ref_lse_err:.3g} + {floor}")
+    return out, lse, (gold_out, gold_lse)
+
+
+def run_example(name, dtype_name, m, n, hq, hkv, d, *, scale=None):
+    op = example(name)
+    seed = _seed(name, dtype_name, m, n, hq, hkv, d)
+    q, k, v = make_qkv(BATCH, hq, hkv, m, n, d, DTYPES[dtype_name], seed=seed)
+    params = make_params(name, BATCH, hq, m, n, torch.Generator().manual_seed(seed))
+    return check_op(op, q, k, v, params, scale=scale)
+
+
+def test_examples_are_all_known():
+    assert set(EXAMPLE_NAMES) == {"alibi", "encoder", "gemma2_local", "llama", "llama4_chunked",
+                                  "mistral_swa", "packed_docs", "prefix_lm", "t5_bias"}
+
+
+# ---- every example on a few shapes -----------------------------------------------------------
+
+# (dtype, M, N, (Hq, Hkv), D); gemma2_local always runs D=256, llama4_chunked always fp16
+EXAMPLE_SHAPES = [
+    ("fp32", 17, 17, (8, 2), 64),
+    ("fp16", 17, 113, (8, 1), 128),
+    ("fp32", 1, 239, (2, 2), 80),
+    ("fp32", 113, 17, (4, 1), 16),  # q_len > kv_len: the first 96 rows sit at negative positions
+]
+
+
+def _example_cases():
+    out = []
+    for name in EXAMPLE_NAMES:
+        for dtype_name, m, n, (hq, hkv), d in EXAMPLE_SHAPES:
+            dtype_name = dtype_name if dtype_name in example_dtypes(name) else "fp16"
+            d = d if d in example_head_dims(name) else example_head_dims(name)[0]
+            out.append(pytest.param(name, dtype_name, m, n, hq, hkv, d,
+                                    id=f"{name}-{dtype_name}-M{m}-N{n}-H{hq}x{hkv}-D{d}"))
+    return out
+
+
+@pytest.mark.parametrize("name, dtype_name, m, n, hq, hkv, d", _example_cases())
+def test_example_matches_reference(name, dtype_name, m, n, hq, hkv, d):
+    run_example(name, dtype_name, m, n, hq, hkv, d)
+
+
+# ---- every length pair, GQA ratio, head dim and dtype on llama and alibi ---------------------
+
+
+def _sweep_cases():
+    out = []
+    for name in ("llama", "alibi"):
+        for i, (m, n) in enumerate(MN_PAIRS):
+            hq, hkv = GQA[i % len(GQA)]
+            d = HEAD_DIMS[i % len(HEAD_DIMS)]
+            dtype_name = ("fp32", "fp16")[(i + i // len(HEAD_DIMS)) % 2]
+            out.append(pytest.param(name, dtype_name, m, n, hq, hkv, d,
+                                    id=f"{name}-{dtype_name}-M{m}-N{n}-H{hq}x{hkv}-D{d}"))
+    return out
+
+
+def test_sweep_covers_every_value():
+    cases = [p.values for p in _sweep_cases()]
+    for name in ("llama", "alibi"):
+        mine = [c for c in cases if c[0] == name]
+        assert {(c[2], c[3]) for c in mine} == set(MN_PAIRS)
+        assert {(c[4], c[5]) for c in mine} == set(GQA)
+        assert {c[6] for c in mine} == set(HEAD_DIMS)
+        assert {c[1] for c in mine} == set(DTYPES)
+        for d in HEAD_DIMS:  # each head dim in both dtypes
+            assert {c[1] for c in mine if c[6] == d} == set(DTYPES)
+
+
+@pytest.mark.parametrize("name, dtype_name, m, n, hq, hkv, d", _sweep_cases())
+def test_shape_sweep(name, dtype_name, m, n, hq, hkv, d):
+    run_example(name, dtype_name, m, n, hq, hkv, d)
+
+
+# ---- the full cross product (opt-in) ---------------------------------------------------------
+
+
+def _full_cases():
+    out = []
+    for name in EXAMPLE_NAMES:
+        for dtype_name in example_dtypes(name):
+            for d in example_head_dims(name):
+                for hq, hkv in GQA:
+                    for m, n in MN_PAIRS:
+                        out.append(pytest.param(
+                            name, dtype_name, m, n, hq, hkv, d,
+                            id=f"{name}-{dtype_name}-M{m}-N{n}-H{hq}x{hkv}-D{d}"))
+    return out
+
+
+if FULL_MATRIX:
+    _FULL = _full_cases()
+else:
+    _FULL = [pytest.param(
+        None, None, 0, 0, 0, 0, 0, id="full-matrix",
+        marks=pytest.mark.skip(reason=f"the full cross product ({len(_full_cases())} interpreter "
+                                      f"runs, tens of minutes) runs only with "
+                                      f"ATTNGEN_FULL_MATRIX=1"))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, dtype_name, m, n, hq, hkv, d", _FULL)
+def test_full_matrix(name, dtype_name, m, n, hq, hkv, d):
+    run_example(name, dtype_name, m, n, hq, hkv, d)
+
+
+# ---- inline specs whose windows and chunks bite at test sizes ---------------------------------
+
+INLINE = {
+    "window7": "attention win7 { mask window(7) }",
+    "chunk16": "attention chunk16 { mask chunk(16) }",
+    "causal_window5_3": "attention cwin53 { mask causal & window(5, 3) }",
+    "softcap30": "attention softcap30 { score 30.0 * tanh(score / 30.0) }",
+    # a window wider than a tile: query tiles see partial, full and partial key tiles
+    "softcap_causal_window130": "attention scw130 {\n score 30.0 * tanh(score / 30.0)\n"
+                                " mask causal & window(130)\n}",
+}
+# (dtype, M, N, (Hq, Hkv), D)
+INLINE_SHAPES = [
+    ("fp32", 239, 239, (4, 1), 64),
+    ("fp16", 17, 113, (8, 2), 64),
+    ("fp32", 1, 239, (2, 2), 16),
+]
+
+
+@pytest.mark.parametrize("dtype_name, m, n, hq, hkv, d", [
+    pytest.param(*s[:3], *s[3], s[4], id=f"{s[0]}-M{s[1]}-N{s[2]}-H{s[3][0]}x{s[3][1]}-D{s[4]}")
+    for s in INLINE_SHAPES])
+@pytest.mark.parametrize("which", list(INLINE))
+def test_inline_spec_matches_reference(which, dtype_name, m, n, hq, hkv, d):
+    op = inline(INLINE[which])
+    seed = _seed(which, dtype_name, m, n, hq, hkv, d)
+    q, k, v = make_qkv(BATCH, hq, hkv, m, n, d, DTYPES[dtype_name], seed=seed)
+    scale = 1.0 if "softcap" in which else None  # scores of tens: the soft cap bites
+    _, _, (gold, _) = check_op(op, q, k, v, scale=scale)
+    # the mask or score modification matters at this size
+    plain = example("encoder").reference(*(t.to(F64) for t in (q, k, v)), scale=scale)
+    assert rel_err(gold, plain) > 1e-3
+
+
+@pytest.mark.parametrize("name, m, n, d, dtype_name", [
+    ("mistral_swa", 17, 4200, 16, "fp32"),      # the last rows lose the first keys
+    ("llama4_chunked", 17, 8200, 16, "fp16"),   # rows before and after the boundary at 8192
+])
+def test_examples_at_their_real_window_and_chunk_sizes(name, m, n, d, dtype_name):
+    q, k, v = make_qkv(1, 2, 1, m, n, d, DTYPES[dtype_name], seed=_seed(name, m, n))
+    _, _, (gold, _) = check_op(example(name), q, k, v)
+    causal_only = example("llama").reference(*(t.to(F64) for t in (q, k, v)))
+    assert rel_err(gold, causal_only) > 1e-3  # the window / chunk matters here
+
+
+# ---- fully masked rows ------------------------------------------------------------------------
+
+
+def _assert_rows_empty(out, lse, rows):
+    """``rows``: bool [B, Hq, M] of rows that must be fully masked."""
+    rows = rows.to(out.device)
+    assert torch.equal(out[rows], torch.zeros_like(out[rows])), "masked rows are not exactly 0"
+    assert (lse[rows] == NEG_INF).all(), "masked rows do not have lse -inf"
+    assert torch.isfinite(lse[~rows]).all(), "rows with keys have a non-finite lse"
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("name", ["llama", "prefix_lm", "packed_docs"])
+def test_rows_at_negative_positions_are_empty(name, dtype_name):
+    # q_len > kv_len: rows 0..12 sit at negative positions and see no key (prefix 0 for batch 0;
+    # batch 1 of prefix_lm has prefix 3, so its early rows see keys 0..2)
+    m, n, hq, hkv, d = 20, 7, 4, 2, 16
+    q, k, v = make_qkv(BATCH, hq, hkv, m, n, d, DTYPES[dtype_name], seed=_seed(name, "neg"))
+    params = {"llama": {}, "prefix_lm": {"prefix": torch.tensor([0, 3], dtype=torch.int32)},
+              "packed_docs": {"doc": torch.zeros(BATCH, n, dtype=torch.int32)}}[name]
+    out, lse, _ = check_op(example(name), q, k, v, params)
+    rows = torch.zeros(BATCH, hq, m, dtype=torch.bool)
+    rows[:, :, : m - n] = True
+    if name == "prefix_lm":
+        rows[1] = False
+    _assert_rows_empty(out, lse, rows)
+
+
+@pytest.mark.parametrize("m, n", [(17, 113), (113, 17), (1, 1)])
+@pytest.mark.parametrize("text", ["attention nokeys { mask kv < 0 }",
+                                  "attention nothing { mask none }",
+                                  "attention allneginf { score where(kv >= 0, -inf, score) }"])
+def test_every_row_masked(text, m, n):
+    op = inline(text)
+    for dtype_name in DTYPES:
+        q, k, v = make_qkv(BATCH, 4, 2, m, n, 64, DTYPES[dtype_name], seed=m + n)
+        out, lse = op(q, k, v, return_lse=True)
+        _assert_rows_empty(out, lse, torch.ones(BATCH, 4, m, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("text", [
+    "attention futureneginf { score where(kv > q, -inf, score) }",   # causal through the score
+    "attention firsttile { score where(kv < 64, -inf, score) }",     # a whole key tile is -inf
+    "attention mixedneginf { score where(kv > q + 3, -inf, score)\n mask kv >= q - 40 }",
+])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_score_minus_inf_from_where(text, dtype_name):
+    op = inline(text)
+    m, n = 17, 113
+    q, k, v = make_qkv(BATCH, 4, 2, m, n, 64, DTYPES[dtype_name], seed=_seed(text))
+    out, lse, (gold, gold_lse) = check_op(op, q, k, v)
+    assert torch.isfinite(gold_lse).all()
+    if text.startswith("attention futureneginf"):
+        # the same as the causal mask
+        causal = example("llama").reference(*(t.to(F64) for t in (q, k, v)))
+        torch.testing.assert_close(gold, causal, atol=1e-12, rtol=1e-12)
+
+
+def test_empty_query_and_empty_keys():
+    op = example("llama")
+    q, k, v = make_qkv(BATCH, 4, 2, 0, 9, 16, torch.float32)
+    out, lse = op(q, k, v, return_lse=True)
+    assert out.shape == (BATCH, 4, 0, 16) and lse.shape == (BATCH, 4, 0)
+    q, k, v = make_qkv(BATCH, 4, 2, 3, 0, 16, torch.float32)
+    out, lse = op(q, k, v, return_lse=True)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert (lse == NEG_INF).all()
+
+
+# ---- layouts, scale, magnitude -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("name", ["llama", "alibi", "packed_docs"])
+def test_non_contiguous_inputs(name, dtype_name):
+    # q, k, v as transposed views of [B, M, H, D] tensors (the layout a fused QKV projection
+    # gives); params as strided views
+    b, hq, hkv, m, n, d = BATCH, 4, 2, 17, 113, 64
+    dtype = DTYPES[dtype_name]
+    g = torch.Generator().manual_seed(_seed(name, "layout"))
+    q = torch.randn(b, m, hq, d, generator=g).to(dtype).to(DEVICE).transpose(1, 2)
+    k = torch.randn(b, n, hkv, d, generator=g).to(dtype).to(DEVICE).transpose(1, 2)
+    v = torch.randn(b, n, hkv, 2 * d, generator=g).to(dtype).to(DEVICE).transpose(1, 2)[..., :d]
+    assert not q.is_contiguous() and not k.is_contiguous() and not v.is_contiguous()
+    params = make_params(name, b, hq, m, n, g)
+    if name == "alibi":
+        params["slopes"] = torch.stack([params["slopes"], params["slopes"]], 1)[:, 0]
+        assert params["slopes"].stride() == (2,)
+    if name == "packed_docs":
+        params["doc"] = torch.stack([params["doc"], params["doc"]], 2)[:, :, 0]
+        assert not params["doc"].is_contiguous()
+    check_op(example(name), q, k, v, params)
+    # and the same as with contiguous copies
+    out = example(name)(q, k, v, **_on_device(params))
+    out_c = example(name)(q.contiguous(), k.contiguous(), v.contiguous(),
+                          **_on_device({p: t.contiguous() for p, t in params.items()}))
+    torch.testing.assert_close(out, out_c, atol=0, rtol=0)
+
+
+def test_broadcast_kv_with_zero_strides():
+    # k and v expanded over the batch (stride 0): the kernel follows strides
+    q, k, v = make_qkv(1, 4, 1, 17, 33, 64, torch.float32, seed=5)
+    q = torch.cat([q, q * 0.5])
+    check_op(example("llama"), q, k.expand(2, 1, 33, 64), v.expand(2, 1, 33, 64))
+
+
+@pytest.mark.parametrize("name, dtype_name, scale", [
+    ("llama", "fp32", 0.3), ("alibi", "fp32", 2.0), ("t5_bias", "fp16", 1.7),
+    ("gemma2_local", "fp32", 9.0),  # scores well past +-50: the soft cap bites
+    ("encoder", "fp32", 0.0),       # uniform weights
+])
+def test_custom_scale(name, dtype_name, scale):
+    d = 256 if name == "gemma2_local" else 64
+    m, n, hq, hkv = 17, 40, 4, 2
+    seed = _seed(name, "scale", scale)
+    q, k, v = make_qkv(BATCH, hq, hkv, m, n, d, DTYPES[dtype_name], seed=seed)
+    params = make_params(name, BATCH, hq, m, n, torch.Generator().manual_seed(seed))
+    _, _, (gold, _) = check_op(example(name), q, k, v, params, scale=scale)
+    default = example(name).reference(*(t.to(F64) for t in (q, k, v)), **_on_device(params))
+    assert rel_err(gold, default) > 1e-3  # the scale changed the result
+
+
+@pytest.mark.parametrize("name, dtype_name", [
+    ("llama", "fp32"), ("alibi", "fp32"), ("gemma2_local", "fp32"), ("llama", "fp16"),
+])
+def test_large_inputs_do_not_overflow(name, dtype_name):
+    # inputs x100: scores of ~1e4, far past exp's range without the running max
+    d = 256 if name == "gemma2_local" else 64
+    m, n = 17, 113
+    seed = _seed(name, "x100")
+    q, k, v = make_qkv(BATCH, 4, 2, m, n, d, DTYPES[dtype_name], seed=seed, scale_inputs=100.0)
+    params = make_params(name, BATCH, 4, m, n, torch.Generator().manual_seed(seed))
+    if dtype_name == "fp32":
+        # matches the reference: within 2x the fp32 reference's own error (+1e-4); the softmax is
+        # nearly one-hot here, so score rounding is amplified for both
+        check_op(example(name), q, k, v, params, rule="relative")
+        return
+    # the fp16 reference overflows here (it computes q @ k^T in fp16), so compare with the golden
+    out, lse = example(name)(q, k, v, return_lse=True, **_on_device(params))
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    gold, gold_lse = example(name).reference(*(t.to(F64) for t in (q, k, v)), return_lse=True,
+                                             **_on_device(params))
+    assert rel_err(out, gold) <= 1e-2
+    assert _lse_err(lse, gold_lse) <= 1e-3
+
+
+# ---- input validation: ValueError naming the argument, before any launch ---------------------
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Make every kernel launch of the given op fail the test."""
+
+    def patch(op):
+        def launch(*args, **kwargs):
+            raise AssertionError("the kernel was launched before the inputs were validated")
+
+        monkeypatch.setattr(op.module, "_launch_fwd", launch)
+        return op
+
+    return patch
+
+
+def _raises(fn, *substrings):
+    with pytest.raises(ValueError) as info:
+        fn()
+    message = str(info.value)
+    for s in substrings:
+        assert s in message, f"{s!r} not in {message!r}"
+    return message
+
+
+def test_rejects_dtype_not_in_spec(no_launch):
+    op = no_launch(example("llama4_chunked"))
+    q, k, v = make_qkv(1, 2, 2, 3, 5, 64, torch.float32)
+    msg = _raises(lambda: op(q, k, v), "llama4_chunked", "q", "dtype", "torch.float32")
+    assert "bfloat16" in msg and "float16" in msg  # says what it accepts
+    q16, k16, v16 = make_qkv(1, 2, 2, 3, 5, 64, torch.float16)
+    _raises(lambda: op(q16, k16.float(), v16), "dtype")  # mixed dtypes
+
+
+def test_rejects_head_dim_not_in_spec(no_launch):
+    op = no_launch(example("gemma2_local"))
+    q, k, v = make_qkv(1, 2, 2, 3, 5, 64, torch.float32)
+    _raises(lambda: op(q, k, v), "head_dim 64", "256")
+    op = no_launch(example("llama"))
+    q, k, v = make_qkv(1, 2, 2, 3, 5, 8, torch.float32)
+    _raises(lambda: op(q, k, v), "head_dim", "16..256")
+
+
+@pytest.mark.parametrize("arg", ["q", "k", "v"])
+def test_rejects_last_dim_not_contiguous(no_launch, arg):
+    op = no_launch(example("llama"))
+    tensors = dict(zip("qkv", make_qkv(1, 2, 2, 5, 5, 16, torch.float32)))
+    tensors[arg] = tensors[arg].transpose(-1, -2).contiguous().transpose(-1, -2)  # stride(-1) 5
+    assert tensors[arg].stride(-1) != 1
+    _raises(lambda: op(tensors["q"], tensors["k"], tensors["v"]), f"{arg} must be contiguous",
+            "last dimension")
+
+
+def test_rejects_heads_not_a_multiple(no_launch):
+    op = no_launch(example("llama"))
+    q, _, _ = make_qkv(1, 4, 4, 3, 5, 16, torch.float32)
+    _, k, v = make_qkv(1, 3, 3, 3, 5, 16, torch.float32)
+    _raises(lambda: op(q, k, v), "q's 4 heads", "k's 3 heads", "multiple")
+
+
+def test_rejects_missing_and_extra_params(no_launch):
+    q, k, v = make_qkv(2, 4, 2, 3, 5, 16, torch.float32)
+    alibi = no_launch(example("alibi"))
+    _raises(lambda: alibi(q, k, v), "missing param", "slopes")
+    _raises(lambda: alibi(q, k, v, slopes=torch.ones(4), bogus=1), "unexpected param", "bogus")
+    llama = no_launch(example("llama"))
+    _raises(lambda: llama(q, k, v, slopes=torch.ones(4)), "unexpected param", "slopes")
+    docs = no_launch(example("packed_docs"))
+    _raises(lambda: docs(q, k, v), "missing param", "doc")
+
+
+def test_rejects_wrong_param_shape(no_launch):
+    q, k, v = make_qkv(2, 4, 2, 3, 5, 16, torch.float32)
+    _raises(lambda: no_launch(example("alibi"))(q, k, v, slopes=torch.ones(2)),
+            "slopes", "shape", "[4]")  # H is the query heads
+    _raises(lambda: no_launch(example("t5_bias"))(q, k, v, table=torch.ones(4, 256)),
+            "table", "shape", "[4, 257]")
+    _raises(lambda: no_launch(example("packed_docs"))(
+        q, k, v, doc=torch.zeros(2, 3, dtype=torch.int32)), "doc", "shape", "[2, 5]")
+    _raises(lambda: no_launch(example("prefix_lm"))(q, k, v, prefix=3), "prefix", "tensor")
+
+
+def test_rejects_wrong_param_dtype(no_launch):
+    q, k, v = make_qkv(2, 4, 2, 3, 5, 16, torch.float32)
+    _raises(lambda: no_launch(example("alibi"))(q, k, v, slopes=torch.ones(4, dtype=F64)),
+            "slopes", "dtype", "float32")
+    _raises(lambda: no_launch(example("packed_docs"))(
+        q, k, v, doc=torch.zeros(2, 5, dtype=torch.int64)), "doc", "dtype", "int32")
+    _raises(lambda: no_launch(example("prefix_lm"))(
+        q, k, v, prefix=torch.zeros(2, dtype=torch.float32)), "prefix", "dtype")
+
+
+def test_rejects_param_on_another_device(no_launch):
+    q, k, v = make_qkv(2, 4, 2, 3, 5, 16, torch.float32)
+    _raises(lambda: no_launch(example("alibi"))(q, k, v, slopes=torch.ones(4, device="meta")),
+            "slopes", "meta")
+
+
+# ---- backward is not implemented yet --------------------------------------------------------
+
+
+def test_backward_through_out_raises_nyi():
+    op = example("llama")
+    q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 2, 5, 7, 16, torch.float32))
+    out = op(q, k, v)
+    assert out.requires_grad
+    with pytest.raises(NotImplementedError, match="NYI"):
+        (out * out).sum().backward()
+
+
+def test_backward_to_a_grad_param_raises_nyi():
+    # only the param requires grad; the loss uses out from return_lse=True
+    op = example("alibi")
+    q, k, v = make_qkv(1, 2, 2, 5, 7, 16, torch.float32)
+    slopes = torch.tensor([0.5, 0.25], device=DEVICE, requires_grad=True)
+    out, lse = op(q, k, v, slopes=slopes, return_lse=True)
+    assert not lse.requires_grad
+    with pytest.raises(NotImplementedError, match="NYI"):
+        out.sum().backward()
+
+
+def test_no_grad_forward_is_fine():
+    q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 2, 5, 7, 16, torch.float32))
+    with torch.no_grad():
+        out = example("llama")(q, k, v)
+    assert not out.requires_grad
+
+
+# ---- a new sequence length in the same bucket does not re-tune --------------------------------
+
+
+def _do_not_specialize(fn) -> set[str]:
+    names = list(fn.arg_names)
+    raw = getattr(fn, "do_not_specialize", None)
+    if raw is None:  # the interpreter's InterpretedFunction keeps the decorator's kwargs
+        raw = fn.kwargs.get("do_not_specialize") or []
+    return {names[i] if isinstance(i, int) else i for i in raw}
+
+
+def test_sequence_lengths_are_not_specialized():
+    tuner = example("llama").module.llama_fwd
+    assert list(tuner.keys) == ["q_bucket", "kv_bucket", "HEAD_DIM"]
+    assert {"batch", "q_len", "kv_len", "q_bucket", "kv_bucket"} <= _do_not_specialize(tuner.fn)
+    assert runtime.length_bucket(100) == runtime.length_bucket(113) == 128
+    assert runtime.length_bucket(200) == 256
+
+
+def test_same_length_bucket_does_not_retune(monkeypatch):
+    """The interpreter builds one config, so the autotuner never benchmarks: give it two configs
+    and a fake benchmark, then count benchmarks and cache keys across sequence lengths."""
+    import triton
+
+    op = example("llama")
+    tuner = op.module.llama_fwd
+    base = tuner.configs[0]
+    other = triton.Config(dict(base.kwargs), num_warps=base.num_warps,
+                          num_stages=base.num_stages + 1)
+    benched = []
+
+    def fake_bench(*args, config, **meta):
+        benched.append(config)
+        return [1.0 if config is base else 2.0] * 3
+
+    monkeypatch.setattr(tuner, "configs", [base, other])
+    monkeypatch.setattr(tuner, "cache", {})
+    monkeypatch.setattr(tuner, "_bench", fake_bench)
+
+    def call(m, n):
+        q, k, v = make_qkv(1, 2, 1, m, n, 16, torch.float32, seed=m + n)
+        check_op(op, q, k, v)
+
+    call(100, 100)
+    assert len(benched) == 2 and len(tuner.cache) == 1
+    (key,) = tuner.cache
+    assert 128 in key and 100 not in key  # the key holds the bucket, not the length
+    call(113, 113)  # same bucket
+    call(113, 100)
+    assert len(benched) == 2 and len(tuner.cache) == 1, "re-tuned for a length in the same bucket"
+    call(200, 200)  # a new bucket tunes once more
+    assert len(benched) == 4 and len(tuner.cache) == 2
+
+
+# ---- bugs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: scalar params (`param w: i32`, `param c: f32`) are turned into 0-dim tensors by "
+    "runtime.check_params and passed to the kernel as pointers, but the lowered score/mask use "
+    "p_w / p_c as values: the kernel fails with IncompatibleTypeErrorImpl 'invalid operands of "
+    "type pointer<fp32> and triton.language.float32' (the reference accepts the same call)"))
+def test_scalar_params():
+    op = inline("attention scal { param w: i32\n param c: f32\n score c * tanh(score / c)\n"
+                " mask causal & window(w) }")
+    q, k, v = make_qkv(BATCH, 2, 2, 17, 17, 16, torch.float32, seed=1)
+    check_op(op, q, k, v, {"w": 3, "c": 2.5})
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: a float power `x ** 0.5` lowers to libdevice.pow, which the Triton interpreter cannot "
+    "run (InterpreterError: AttributeError 'NoneType' object has no attribute 'type'); "
+    "templates already work around this for tanh (_tanh) but not for pow, so such specs cannot "
+    "run on CPU"))
+def test_float_power_in_the_interpreter():
+    if DEVICE.type != "cpu":
+        pytest.xfail("interpreter-only bug")
+    op = inline("attention fpow { score score + abs(kv - q) ** 0.5 }")
+    q, k, v = make_qkv(BATCH, 2, 2, 17, 17, 16, torch.float32, seed=2)
+    check_op(op, q, k, v)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: an integer power with an exponent outside 0..4 (`(kv - q) ** 5`) lowers to "
+    "libdevice.pow(int32, int32), which has no integer overload: Triton fails to build the "
+    "kernel (KeyError (int32, int32) when compiling for sm_90; InterpreterError in the "
+    "interpreter) although the spec checks and the reference evaluates it"))
+def test_integer_power():
+    op = inline("attention ipow { score score + 0.001 * (kv - q) ** 5 }")
+    q, k, v = make_qkv(BATCH, 2, 2, 17, 17, 16, torch.float32, seed=3)
+    check_op(op, q, k, v)
