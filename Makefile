@@ -16,7 +16,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 demo: $(BIN)/.installed
 	$(BIN)/attngen check examples/*.attn
-	TRITON_INTERPRET=1 $(BIN)/python examples/demo.py
+	$(BIN)/attngen build examples/*.attn
+	$(BIN)/python examples/demo.py
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
