@@ -17,8 +17,6 @@ from triton.compiler import ASTSource
 
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
                  torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}
-_SCALAR_TYPES = {"f32": "fp32", "f16": "fp32", "bf16": "fp32", "i32": "i32", "i64": "i64",
-                 "bool": "i1"}
 
 
 @dataclass(frozen=True)
@@ -46,9 +44,7 @@ def _fwd_signature(module, fn, dtype: torch.dtype) -> dict[str, str]:
         elif name == "scale":
             sig[name] = "fp32"
         elif name.startswith("p_") and name[2:] in params:
-            p = params[name[2:]]
-            sig[name] = f"*{_TRITON_TYPES[_torch_dtype(p.dtype)]}" if p.dims else \
-                _SCALAR_TYPES[p.dtype]
+            sig[name] = f"*{_TRITON_TYPES[_torch_dtype(params[name[2:]].dtype)]}"
         else:  # strides, sizes, buckets: 32-bit integers
             sig[name] = "i32"
     for i, name in enumerate(fn.arg_names):

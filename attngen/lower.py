@@ -7,7 +7,7 @@ Inside a kernel tile the expression names are bound as follows (see templates/fw
     kv      kv_pos[None, :]     int32 [1, BLOCK_N], key positions
     b h hkv off_b off_h off_hkv program scalars
     q_len kv_len                runtime ints
-    PARAM   p_PARAM             a scalar param, or a pointer with strides p_PARAM_stride<i>
+    PARAM   p_PARAM             a pointer (a 0-d tensor for scalars), with strides p_PARAM_stride<i>
 
 Integer ``//`` and ``%`` follow Python's floor semantics through ``_floor_div``/``_floor_mod``
 (Triton's truncate toward zero). Lowering never imports torch or triton.
@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import ir
+from . import derive, ir
 from .ir import BOOL, FLOAT, INT
 
 NAMES = {"score": "s", "q": "q_pos[:, None]", "kv": "kv_pos[None, :]", "b": "off_b",
          "h": "off_h", "hkv": "off_hkv", "q_len": "q_len", "kv_len": "kv_len"}
+# The dK/dV kernel holds tiles transposed: keys along rows, queries along columns.
+NAMES_TRANSPOSED = {**NAMES, "q": "q_pos[None, :]", "kv": "kv_pos[:, None]"}
 DIM_SIZES = {"B": "batch", "H": "heads_q", "HKV": "heads_kv", "Q": "q_len", "KV": "kv_len"}
 # Index expressions known to lie inside a dimension, so their loads need no bounds mask.
 _IN_RANGE = {("b", "B"), ("h", "H"), ("hkv", "HKV"), ("hkv", "H")}
@@ -50,6 +52,20 @@ class KernelParam:
 
 
 @dataclass(frozen=True)
+class GradTerm:
+    """One read of a ``grad`` param in the score: its gradient is sum(dS' * deriv) at offset."""
+
+    param: str
+    slot: int  # numbering of the terms, for kernel argument names G0, G1, ...
+    deriv: str  # Triton: d score' / d (this read), tile-shaped or scalar
+    deriv_text: str  # the same in spec syntax, shown in the generated module
+    read_text: str  # the read itself in spec syntax, e.g. slopes[h]
+    offset: str  # Triton: flat element offset into the contiguous param
+    valid: str | None  # Triton: in-bounds check, None when provably in range
+    varying: bool  # the offset differs across the tile (needs atomics), else one per program
+
+
+@dataclass(frozen=True)
 class Lowered:
     """What the templates need from one attention."""
 
@@ -61,6 +77,12 @@ class Lowered:
     causal_upper: bool  # the mask implies kv <= q: keys past the tile's last query are skipped
     window_left: int | None  # the mask implies q - window_left <= kv: earlier keys are skipped
     mask_exact: bool  # the mask is exactly those bounds: tiles inside them need no mask math
+    score_t: str  # the score hook for transposed tiles (the dK/dV kernel)
+    mask_t: str | None
+    score_grad: str | None  # Triton: d score' / d score; None when it is the constant 1
+    score_grad_t: str | None
+    score_grad_text: str  # d score' / d score in spec syntax
+    grad_terms: tuple[GradTerm, ...]
 
 
 def _is_atom(text: str) -> bool:
@@ -80,8 +102,9 @@ def _p(text: str) -> str:
 
 
 class _Lowerer:
-    def __init__(self, attention: ir.Attention):
+    def __init__(self, attention: ir.Attention, names: dict[str, str] = NAMES):
         self.attention = attention
+        self.names = names
 
     def cast(self, e: ir.Expr, ty: str) -> str:
         text = self(e)
@@ -102,9 +125,9 @@ class _Lowerer:
         if isinstance(e, ir.BoolLit):
             return "True" if e.value else "False"
         if isinstance(e, ir.Name):
-            if e.id in NAMES:
-                return NAMES[e.id]
-            return f"p_{e.id}"
+            if e.id in self.names:
+                return self.names[e.id]
+            return f"tl.load(p_{e.id})"  # scalar params arrive as 0-d tensors: no host sync
         if isinstance(e, ir.Unary):
             if e.op == "!":
                 return f"{_p(self(e.operand))} == 0"
@@ -125,13 +148,14 @@ class _Lowerer:
             else:
                 a, b = self(e.left), self(e.right)
             return f"{_p(a)} {e.op} {_p(b)}"
-        if e.op == "**" and isinstance(e.right, ir.IntLit) and 0 <= e.right.value <= 4:
+        if e.op == "**" and isinstance(e.right, ir.IntLit | ir.FloatLit) \
+                and e.right.value in (0, 1, 2, 3, 4):  # small integer powers: multiplications
             base = _p(self.cast(e.left, e.ty))
-            return " * ".join([base] * e.right.value) if e.right.value else (
-                "1" if e.ty == INT else "1.0")
+            n = int(e.right.value)
+            return " * ".join([base] * n) if n else ("1" if e.ty == INT else "1.0")
         a, b = self.cast(e.left, e.ty), self.cast(e.right, e.ty)
         if e.op == "**":
-            return f"libdevice.pow({a}, {b})"
+            return f"_pow({a}, {b})"
         if e.op == "//":
             return f"_floor_div({a}, {b})" if e.ty == INT else f"tl.floor({_p(a)} / {_p(b)})"
         if e.op == "%":
@@ -166,20 +190,38 @@ class _Lowerer:
             return f"tl.minimum(tl.maximum({x}, {lo}), {hi})"
         raise TypeError(f"unknown function {f!r}")
 
-    def index(self, e: ir.Index) -> str:
-        """A masked load: an index outside the param's extent reads 0 (false), as in the reference."""
+    def index_parts(self, e: ir.Index, strides: list[str]) -> tuple[str, str | None]:
+        """(element offset, in-bounds check or None) of ``param[indices]`` for given strides."""
         param = self.attention.param(e.param)
         offsets, checks = [], []
-        for axis, (index, dim) in enumerate(zip(e.indices, param.dims)):
+        for index, dim, stride in zip(e.indices, param.dims, strides):
             text = self(index)
-            offsets.append(f"{_p(text)} * p_{e.param}_stride{axis}")
+            offsets.append(f"{_p(text)} * {stride}" if stride != "1" else _p(text))
             if not _provably_in_range(index, dim):
-                size = DIM_SIZES[dim] if isinstance(dim, str) else str(dim)
-                checks.append(f"({_p(text)} >= 0) & ({_p(text)} < {size})")
-        address = f"p_{e.param} + " + " + ".join(offsets)
-        if not checks:
+                checks.append(f"({_p(text)} >= 0) & ({_p(text)} < {_dim_size(dim)})")
+        return " + ".join(offsets), (" & ".join(checks) or None)
+
+    def index(self, e: ir.Index) -> str:
+        """A masked load: an index outside the param's extent reads 0 (false), as in the reference."""
+        strides = [f"p_{e.param}_stride{axis}" for axis in range(len(e.indices))]
+        offset, check = self.index_parts(e, strides)
+        address = f"p_{e.param} + {offset}"
+        if check is None:
             return f"tl.load({address})"
-        return f"tl.load({address}, mask={' & '.join(checks)}, other=0)"
+        return f"tl.load({address}, mask={check}, other=0)"
+
+
+def _dim_size(dim: str | int) -> str:
+    return DIM_SIZES[dim] if isinstance(dim, str) else str(dim)
+
+
+def contiguous_strides(dims: tuple) -> list[str]:
+    """Triton text of the strides of a contiguous tensor with these dims."""
+    strides, acc = [], []
+    for dim in reversed(dims):
+        strides.append(" * ".join(acc) if acc else "1")
+        acc.insert(0, _dim_size(dim))
+    return list(reversed(strides))
 
 
 def _provably_in_range(index: ir.Expr, dim: str | int) -> bool:
@@ -238,14 +280,41 @@ def _key_range(mask: ir.Expr) -> tuple[bool, int | None, bool]:
     return upper, left, exact
 
 
+def _grad_terms(attention: ir.Attention, lowerer: _Lowerer) -> tuple[GradTerm, ...]:
+    grad_params = {p.name for p in attention.params if p.grad}
+    terms = []
+    for slot, node in enumerate(derive.param_occurrences(attention.score, grad_params)):
+        deriv = derive.derivative(attention.score, lambda n, node=node: n is node)
+        if isinstance(node, ir.Index):
+            param = attention.param(node.param)
+            offset, valid = lowerer.index_parts(node, contiguous_strides(param.dims))
+            varying = any(_is_name(n, "q") or _is_name(n, "kv")
+                          for i in node.indices for n in ir.walk(i))
+            name = node.param
+        else:
+            offset, valid, varying, name = "0", None, False, node.id
+        terms.append(GradTerm(name, slot, lowerer.cast(deriv, FLOAT), ir.unparse(deriv),
+                              ir.unparse(node), offset, valid, varying))
+    return tuple(terms)
+
+
 def lower(attention: ir.Attention) -> Lowered:
     lowerer = _Lowerer(attention)
+    transposed = _Lowerer(attention, NAMES_TRANSPOSED)
     score_uses_score = any(_is_name(n, "score") for n in ir.walk(attention.score))
     score = lowerer.cast(attention.score, FLOAT)
     keeps_all = isinstance(attention.mask, ir.BoolLit) and attention.mask.value
     mask = None if keeps_all else lowerer(attention.mask)
+    score_grad = derive.score_derivative(attention.score)
+    grad_is_one = isinstance(score_grad, ir.FloatLit) and score_grad.value == 1.0
     params = tuple(KernelParam(p.name, p.dtype, len(p.dims), p.grad) for p in attention.params)
     upper, left, exact = _key_range(attention.mask)
     return Lowered(score=score, mask=mask, score_is_identity=_is_name(attention.score, "score"),
                    score_uses_score=score_uses_score, params=params, causal_upper=upper,
-                   window_left=left, mask_exact=exact)
+                   window_left=left, mask_exact=exact,
+                   score_t=transposed.cast(attention.score, FLOAT),
+                   mask_t=None if keeps_all else transposed(attention.mask),
+                   score_grad=None if grad_is_one else lowerer.cast(score_grad, FLOAT),
+                   score_grad_t=None if grad_is_one else transposed.cast(score_grad, FLOAT),
+                   score_grad_text=ir.unparse(score_grad),
+                   grad_terms=_grad_terms(attention, lowerer))

@@ -73,6 +73,15 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "mask_exact": low.mask_exact,
         "fwd_fixed": _knobs(attention.blocks, "fwd", as_list=False),
         "fwd_space": _knobs(attention.tune, "fwd", as_list=True),
+        "bwd_fixed": _knobs(attention.blocks, "bwd", as_list=False),
+        "bwd_space": _knobs(attention.tune, "bwd", as_list=True),
+        "score_hook_t": low.score_t,
+        "mask_hook_t": low.mask_t if low.mask_t is not None else "True",
+        "score_grad_hook": low.score_grad or "1.0",
+        "score_grad_hook_t": low.score_grad_t or "1.0",
+        "score_grad_is_one": low.score_grad is None,
+        "score_grad_text": low.score_grad_text,
+        "grad_terms": low.grad_terms,
     }
     text = _environment().get_template("module.py.jinja").render(**context)
     return black.format_str(text, mode=black.Mode(line_length=LINE_LENGTH))

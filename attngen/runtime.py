@@ -144,10 +144,15 @@ import itertools  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-# Default forward search space: (BLOCK_M, BLOCK_N, num_warps, num_stages). BLOCK_M 128 with
-# BLOCK_N 64, 4 warps, 2-3 stages won most shapes of a plain FA2 forward on an H100.
-DEFAULT_FWD_SPACE = ((128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 2), (128, 128, 8, 2),
-                     (128, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2))
+# Default search spaces: (BLOCK_M, BLOCK_N, num_warps, num_stages). BLOCK_M 128 with BLOCK_N 64,
+# 4 warps, 2-3 stages won most shapes of a plain FA2 forward on an H100. The backward's two
+# kernels share one space (dK/dV tiles keys by BLOCK_N, dQ tiles queries by BLOCK_M).
+DEFAULT_SPACES = {
+    "fwd": ((128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 2), (128, 128, 8, 2),
+            (128, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)),
+    "bwd": ((64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (64, 64, 8, 3), (32, 64, 4, 2),
+            (128, 128, 8, 2)),
+}
 _DEFAULT_KNOBS = {"m": 128, "n": 64, "warps": 4, "stages": 2}
 # The interpreter runs tiles as numpy arrays: one mid-sized config keeps it quick.
 _INTERPRET_MAX_BLOCK = 64
@@ -168,7 +173,8 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def autotune_configs(fixed: dict | None, space: dict | None, *, interpret: bool) -> list:
+def autotune_configs(kernel: str, fixed: dict | None, space: dict | None, *,
+                     interpret: bool) -> list:
     """``triton.Config``s from a spec's ``blocks`` (fixed) or ``tune`` (space) or the default."""
     import triton
 
@@ -179,7 +185,7 @@ def autotune_configs(fixed: dict | None, space: dict | None, *, interpret: bool)
         values = [space.get(n, [_DEFAULT_KNOBS[n]]) for n in names]
         knobs = [dict(zip(names, combo)) for combo in itertools.product(*values)]
     else:
-        knobs = [dict(zip(_DEFAULT_KNOBS, c)) for c in DEFAULT_FWD_SPACE]
+        knobs = [dict(zip(_DEFAULT_KNOBS, c)) for c in DEFAULT_SPACES[kernel]]
     if interpret:
         first = knobs[0]
         knobs = [{**first, "m": min(first["m"], _INTERPRET_MAX_BLOCK),
@@ -220,6 +226,17 @@ def prune_by_shared_memory(configs, named_args, **kwargs):
 
     kept = [c for c in configs if estimate(c) <= limit]
     return kept or [min(configs, key=estimate)]
+
+
+def check_deterministic(op: str, grad_terms, specs, tensors) -> None:
+    """deterministic=True cannot hold for atomically accumulated param gradients: refuse early."""
+    declared = {p.name: p for p in specs}
+    for name, varying in grad_terms:
+        if varying and declared[name].grad and tensors[name].requires_grad:
+            raise NotImplementedError(
+                f"NYI: {op}: deterministic=True with a gradient for param {name}, which the score "
+                f"reads at positions that vary over a tile (accumulated with atomics); pass "
+                f"{name} without requires_grad, or deterministic=False")
 
 
 def check_kernel_device(op: str, device: torch.device, interpreted: bool) -> None:

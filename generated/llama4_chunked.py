@@ -17,6 +17,8 @@ return_lse, the natural-log LSE [B, Hq, M] in fp32. CPU tensors run through the 
     score  score
     mask   causal & chunk(8192)   (true keeps)
 The kernels below carry both as Triton expressions (the score hook and the mask hook).
+Derivatives used by the backward kernels (derived symbolically from the spec):
+    d score' / d score = 1.0
 """
 
 import torch
@@ -39,7 +41,13 @@ INF = tl.constexpr(float("inf"))
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 _FWD_CONFIGS = runtime.autotune_configs(
-    {"m": 128, "n": 64, "warps": 8, "stages": 3}, None, interpret=_INTERPRET
+    "fwd", {"m": 128, "n": 64, "warps": 8, "stages": 3}, None, interpret=_INTERPRET
+)
+_BWD_CONFIGS = runtime.autotune_configs(
+    "bwd",
+    None,
+    {"m": [64, 128], "n": [64, 128], "warps": [4, 8], "stages": [2, 3]},
+    interpret=_INTERPRET,
 )
 _INTERPRET_TL = tl.constexpr(_INTERPRET)
 # constexpr flags of the forward kernel, fixed by the spec (see the kernel's notation block)
@@ -50,6 +58,9 @@ FWD_FLAGS = dict(
     WINDOW_LEFT=-1,
     MASK_EXACT=False,
 )
+BWD_FLAGS = dict(FWD_FLAGS, SCORE_GRAD_IS_ONE=True)
+# reads of `grad` params in the score: (param, varying); varying reads accumulate with atomics
+GRAD_TERMS = ()
 
 
 @triton.jit
@@ -64,6 +75,20 @@ def _floor_mod(a, b):
     # Python's modulo: the result takes the divisor's sign
     remainder = a % b
     return tl.where((remainder != 0) & ((remainder < 0) != (b < 0)), remainder + b, remainder)
+
+
+@triton.jit
+def _pow(a, b):
+    if _INTERPRET_TL:  # libdevice does not run in the interpreter: exp2/log2 with pow's signs
+        magnitude = tl.exp2(b * tl.log2(tl.abs(a)))
+        integral = tl.floor(b) == b
+        odd = integral & ((tl.abs(b) - 2.0 * tl.floor(tl.abs(b) / 2.0)) == 1.0)
+        signed = tl.where(odd, -magnitude, magnitude)
+        negative = tl.where(integral, signed, float("nan"))
+        result = tl.where(a < 0, negative, magnitude)
+        return tl.where((a == 0) & (b == 0), 1.0, result)
+    else:
+        return libdevice.pow(a, b)
 
 
 @triton.jit
@@ -310,6 +335,573 @@ def llama4_chunked_fwd(
     tl.store(Lse + pid_bh * q_len + offs_m, lse, mask=m_valid)
 
 
+# ---- backward kernels ----------------------------------------------------------------------------
+# Notation as in the forward, plus dO (grad of Out), dLse (grad of Lse, may be absent), and
+#   Delta [B, Hq, M] = rowsum(dO * Out) - dLse        (the preprocess kernel)
+#   P = exp(score' - Lse)                             (recomputed from the saved Lse: no N x N memory)
+#   dS' = P * (dO @ V^T - Delta)                      (gradient w.r.t. the modified score)
+#   dS = dS' * d(score')/d(score)                     (SCORE_GRAD below; 1 for an unmodified score)
+#   dQ = dS @ K * scale, dK = dS^T @ Q * scale, dV = P^T @ dO
+# The dK/dV kernel owns one key tile of one kv head and loops over the query heads that share it
+# and their query tiles (GQA without expanding K/V, no atomics); it holds tiles transposed (keys
+# along rows), so its hooks bind q_pos[None, :] and kv_pos[:, None]. The dQ kernel owns one query
+# tile and loops over key tiles, and also accumulates the gradients of `grad` params:
+#   per-program partial sums (reduced in a fixed order on the host) when a read's index is the
+#   same over the tile, atomics into an fp32 buffer when it varies with q or kv.
+# Tile classification is the forward's: FULL tiles skip bounds checks and mask math.
+# [Note] fully masked rows have Lse = -inf: the kernels use 0 instead, so every P of the row is
+# exp2(-inf) = 0 and the row contributes no gradient.
+
+
+@triton.jit
+def _llama4_chunked_bwd_preprocess(
+    Out,
+    DO,
+    DLse,
+    Delta,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    heads_q,
+    q_len,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_DLSE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // heads_q
+    off_h = pid_bh % heads_q
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m < q_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    o = tl.load(
+        Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+        mask=mask,
+        other=0.0,
+    )
+    do = tl.load(
+        DO
+        + off_b * stride_dob
+        + off_h * stride_doh
+        + offs_m[:, None] * stride_dom
+        + offs_d[None, :],
+        mask=mask,
+        other=0.0,
+    )
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLse + pid_bh * q_len + offs_m, mask=offs_m < q_len, other=0.0)
+    tl.store(Delta + pid_bh * q_len + offs_m, delta, mask=offs_m < q_len)
+
+
+@triton.jit
+def _llama4_chunked_bwd_dkdv_tiles(
+    dk,
+    dv,
+    k,
+    v,
+    Q,
+    DO,
+    Lse,
+    Delta,
+    stride_qm,
+    stride_dom,
+    kv_pos,
+    n_valid,
+    offs_d,
+    d_valid,
+    off_b,
+    off_h,
+    off_hkv,
+    batch,
+    heads_q,
+    heads_kv,
+    q_len,
+    kv_len,
+    scale,
+    start,
+    end,
+    PRECISION: tl.constexpr,
+    SCORE_IS_IDENTITY: tl.constexpr,
+    SCORE_GRAD_IS_ONE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    PARTIAL: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """dK, dV contributions of query tiles [start, end) of one query head (tiles transposed)."""
+    for start_m in range(start, end, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q_pos = offs_m + (kv_len - q_len)
+        if PARTIAL:
+            m_valid = offs_m < q_len
+            io_mask = m_valid[:, None] & d_valid[None, :]
+            q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :], mask=io_mask, other=0.0)
+            do = tl.load(
+                DO + offs_m[:, None] * stride_dom + offs_d[None, :], mask=io_mask, other=0.0
+            )
+            lse = tl.load(Lse + offs_m, mask=m_valid, other=0.0)
+            delta = tl.load(Delta + offs_m, mask=m_valid, other=0.0)
+        else:
+            if EVEN_D:
+                q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :])
+                do = tl.load(DO + offs_m[:, None] * stride_dom + offs_d[None, :])
+            else:
+                q = tl.load(
+                    Q + offs_m[:, None] * stride_qm + offs_d[None, :],
+                    mask=d_valid[None, :],
+                    other=0.0,
+                )
+                do = tl.load(
+                    DO + offs_m[:, None] * stride_dom + offs_d[None, :],
+                    mask=d_valid[None, :],
+                    other=0.0,
+                )
+            lse = tl.load(Lse + offs_m)
+            delta = tl.load(Delta + offs_m)
+        lse2 = tl.where(lse == -INF, 0.0, lse * LOG2E)
+        s = tl.dot(k, tl.trans(q), input_precision=PRECISION) * scale
+        if SCORE_IS_IDENTITY:
+            s2 = s * LOG2E
+        else:
+            s2 = (s) * LOG2E
+        if PARTIAL:
+            keep = m_valid[None, :] & n_valid[:, None]
+            if HAS_MASK:
+                keep = keep & (
+                    (kv_pos[:, None] <= q_pos[None, :])
+                    & (_floor_div(q_pos[None, :], 8192) == _floor_div(kv_pos[:, None], 8192))
+                )
+            s2 = tl.where(keep, s2, -INF)
+        p = tl.exp2(s2 - lse2[None, :])
+        dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
+        dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        ds = p * (dp - delta[None, :])
+        if not SCORE_GRAD_IS_ONE:
+            ds = ds * (1.0)
+            if PARTIAL:
+                ds = tl.where(keep, ds, 0.0)
+        dk += tl.dot(ds.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.autotune(
+    configs=_BWD_CONFIGS,
+    key=["q_bucket", "kv_bucket", "HEAD_DIM"],
+    prune_configs_by={"early_config_prune": runtime.prune_by_shared_memory},
+)
+@triton.jit(do_not_specialize=["batch", "q_len", "kv_len", "q_bucket", "kv_bucket"])
+def llama4_chunked_bwd_dkdv(
+    Q,
+    K,
+    V,
+    DO,
+    Lse,
+    Delta,
+    DK,
+    DV,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dkb,
+    stride_dkh,
+    stride_dkn,
+    stride_dvb,
+    stride_dvh,
+    stride_dvn,
+    batch,
+    heads_q,
+    heads_kv,
+    q_len,
+    kv_len,
+    scale,
+    q_bucket,
+    kv_bucket,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    SCORE_IS_IDENTITY: tl.constexpr,
+    SCORE_GRAD_IS_ONE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    SKIP_ABOVE_DIAGONAL: tl.constexpr,
+    WINDOW_LEFT: tl.constexpr,
+    MASK_EXACT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bhkv = tl.program_id(1)
+    off_b = pid_bhkv // heads_kv
+    off_hkv = pid_bhkv % heads_kv
+    group = heads_q // heads_kv
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_valid = offs_n < kv_len
+    d_valid = offs_d < HEAD_DIM
+    kv_pos = offs_n
+    kv_mask = n_valid[:, None] & d_valid[None, :]
+    k = tl.load(
+        K + off_b * stride_kb + off_hkv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+        mask=kv_mask,
+        other=0.0,
+    )
+    v = tl.load(
+        V + off_b * stride_vb + off_hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+        mask=kv_mask,
+        other=0.0,
+    )
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    # Query rows that see this key tile, [lo, hi), and among them the FULL tiles, [full_lo, full_hi)
+    shift = kv_len - q_len  # query row i sits at position i + shift
+    first_kv = pid_n * BLOCK_N
+    last_kv = first_kv + BLOCK_N - 1
+    lo = 0
+    hi = q_len
+    full_lo = 0
+    full_hi = (q_len // BLOCK_M) * BLOCK_M
+    if SKIP_ABOVE_DIAGONAL:  # kv <= q
+        lo = (tl.maximum(first_kv - shift, 0) // BLOCK_M) * BLOCK_M
+        full_lo = tl.cdiv(tl.maximum(last_kv - shift, 0), BLOCK_M) * BLOCK_M
+    if WINDOW_LEFT >= 0:  # q <= kv + WINDOW_LEFT
+        hi = tl.minimum(q_len, tl.maximum(last_kv + WINDOW_LEFT - shift + 1, 0))
+        full_hi = tl.minimum(
+            full_hi, (tl.maximum(first_kv + WINDOW_LEFT - shift + 1, 0) // BLOCK_M) * BLOCK_M
+        )
+    if not MASK_EXACT:
+        full_lo = hi
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+
+    for g in range(group):
+        off_h = off_hkv * group + g
+        q_head = Q + off_b * stride_qb + off_h * stride_qh
+        do_head = DO + off_b * stride_dob + off_h * stride_doh
+        row = (off_b * heads_q + off_h) * q_len
+        for i in tl.static_range(3):
+            if i == 0:
+                start = lo
+                end = full_lo
+            elif i == 1:
+                start = full_lo
+                end = full_hi
+            else:
+                start = full_hi
+                end = hi
+            dk, dv = _llama4_chunked_bwd_dkdv_tiles(
+                dk,
+                dv,
+                k,
+                v,
+                q_head,
+                do_head,
+                Lse + row,
+                Delta + row,
+                stride_qm,
+                stride_dom,
+                kv_pos,
+                n_valid,
+                offs_d,
+                d_valid,
+                off_b,
+                off_h,
+                off_hkv,
+                batch,
+                heads_q,
+                heads_kv,
+                q_len,
+                kv_len,
+                scale,
+                start,
+                end,
+                PRECISION,
+                SCORE_IS_IDENTITY,
+                SCORE_GRAD_IS_ONE,
+                HAS_MASK,
+                i != 1,
+                HEAD_DIM == BLOCK_D,
+                BLOCK_M,
+            )
+
+    dk = dk * scale
+    tl.store(
+        DK
+        + off_b * stride_dkb
+        + off_hkv * stride_dkh
+        + offs_n[:, None] * stride_dkn
+        + offs_d[None, :],
+        dk.to(DK.dtype.element_ty),
+        mask=kv_mask,
+    )
+    tl.store(
+        DV
+        + off_b * stride_dvb
+        + off_hkv * stride_dvh
+        + offs_n[:, None] * stride_dvn
+        + offs_d[None, :],
+        dv.to(DV.dtype.element_ty),
+        mask=kv_mask,
+    )
+
+
+@triton.jit
+def _llama4_chunked_bwd_dq_tiles(
+    dq,
+    q,
+    do,
+    lse2,
+    delta,
+    k_base,
+    v_base,
+    stride_kn,
+    stride_vn,
+    q_pos,
+    m_valid,
+    off_b,
+    off_h,
+    off_hkv,
+    batch,
+    heads_q,
+    heads_kv,
+    q_len,
+    kv_len,
+    scale,
+    start,
+    end,
+    offs_n,
+    d_valid,
+    PRECISION: tl.constexpr,
+    SCORE_IS_IDENTITY: tl.constexpr,
+    SCORE_GRAD_IS_ONE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    PARTIAL: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """dQ (and param-gradient) contributions of key tiles [start, end)."""
+    for start_n in range(start, end, BLOCK_N):
+        kv_pos = start_n + offs_n
+        if PARTIAL:
+            n_valid = kv_pos < kv_len
+            k = tl.load(
+                k_base + kv_pos[None, :] * stride_kn,
+                mask=n_valid[None, :] & d_valid[:, None],
+                other=0.0,
+            )
+            v = tl.load(
+                v_base + kv_pos[None, :] * stride_vn,
+                mask=n_valid[None, :] & d_valid[:, None],
+                other=0.0,
+            )
+        elif EVEN_D:
+            k = tl.load(k_base + kv_pos[None, :] * stride_kn)
+            v = tl.load(v_base + kv_pos[None, :] * stride_vn)
+        else:
+            k = tl.load(k_base + kv_pos[None, :] * stride_kn, mask=d_valid[:, None], other=0.0)
+            v = tl.load(v_base + kv_pos[None, :] * stride_vn, mask=d_valid[:, None], other=0.0)
+        s = tl.dot(q, k, input_precision=PRECISION) * scale
+        if SCORE_IS_IDENTITY:
+            s2 = s * LOG2E
+        else:
+            s2 = (s) * LOG2E
+        if PARTIAL:
+            keep = m_valid[:, None] & n_valid[None, :]
+            if HAS_MASK:
+                keep = keep & (
+                    (kv_pos[None, :] <= q_pos[:, None])
+                    & (_floor_div(q_pos[:, None], 8192) == _floor_div(kv_pos[None, :], 8192))
+                )
+            s2 = tl.where(keep, s2, -INF)
+        p = tl.exp2(s2 - lse2[:, None])
+        dp = tl.dot(do, v, input_precision=PRECISION)
+        ds_mod = p * (dp - delta[:, None])  # gradient w.r.t. the modified score
+        if SCORE_GRAD_IS_ONE:
+            ds = ds_mod
+        else:
+            ds = ds_mod * (1.0)
+            if PARTIAL:
+                ds = tl.where(keep, ds, 0.0)
+        dq += tl.dot(ds.to(k.dtype), tl.trans(k), input_precision=PRECISION)
+    return dq
+
+
+@triton.autotune(
+    configs=_BWD_CONFIGS,
+    key=["q_bucket", "kv_bucket", "HEAD_DIM"],
+    prune_configs_by={"early_config_prune": runtime.prune_by_shared_memory},
+    reset_to_zero=[],
+)
+@triton.jit(do_not_specialize=["batch", "q_len", "kv_len", "q_bucket", "kv_bucket", "grad_rows"])
+def llama4_chunked_bwd_dq(
+    Q,
+    K,
+    V,
+    DO,
+    Lse,
+    Delta,
+    DQ,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dqb,
+    stride_dqh,
+    stride_dqm,
+    grad_rows,
+    batch,
+    heads_q,
+    heads_kv,
+    q_len,
+    kv_len,
+    scale,
+    q_bucket,
+    kv_bucket,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    SCORE_IS_IDENTITY: tl.constexpr,
+    SCORE_GRAD_IS_ONE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    SKIP_ABOVE_DIAGONAL: tl.constexpr,
+    WINDOW_LEFT: tl.constexpr,
+    MASK_EXACT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // heads_q
+    off_h = pid_bh % heads_q
+    off_hkv = off_h // (heads_q // heads_kv)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_valid = offs_m < q_len
+    d_valid = offs_d < HEAD_DIM
+    q_pos = offs_m + (kv_len - q_len)
+    io_mask = m_valid[:, None] & d_valid[None, :]
+    q = tl.load(
+        Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+        mask=io_mask,
+        other=0.0,
+    )
+    do = tl.load(
+        DO
+        + off_b * stride_dob
+        + off_h * stride_doh
+        + offs_m[:, None] * stride_dom
+        + offs_d[None, :],
+        mask=io_mask,
+        other=0.0,
+    )
+    lse = tl.load(Lse + pid_bh * q_len + offs_m, mask=m_valid, other=0.0)
+    lse2 = tl.where(lse == -INF, 0.0, lse * LOG2E)
+    delta = tl.load(Delta + pid_bh * q_len + offs_m, mask=m_valid, other=0.0)
+    k_base = K + off_b * stride_kb + off_hkv * stride_kh + offs_d[:, None]
+    v_base = V + off_b * stride_vb + off_hkv * stride_vh + offs_d[:, None]
+
+    # the forward's key ranges: PARTIAL [lo, full_lo), FULL [full_lo, full_hi), PARTIAL [full_hi, hi)
+    first_q = pid_m * BLOCK_M + (kv_len - q_len)
+    last_q = first_q + BLOCK_M - 1
+    lo = 0
+    hi = kv_len
+    full_lo = 0
+    full_hi = (kv_len // BLOCK_N) * BLOCK_N
+    if SKIP_ABOVE_DIAGONAL:
+        hi = tl.maximum(tl.minimum(kv_len, last_q + 1), 0)
+        full_hi = (tl.maximum(tl.minimum(kv_len, first_q + 1), 0) // BLOCK_N) * BLOCK_N
+    if WINDOW_LEFT >= 0:
+        lo = (tl.maximum(first_q - WINDOW_LEFT, 0) // BLOCK_N) * BLOCK_N
+        full_lo = tl.cdiv(tl.maximum(last_q - WINDOW_LEFT, 0), BLOCK_N) * BLOCK_N
+    if not MASK_EXACT:
+        full_lo = hi
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for i in tl.static_range(3):
+        if i == 0:
+            start = lo
+            end = full_lo
+        elif i == 1:
+            start = full_lo
+            end = full_hi
+        else:
+            start = full_hi
+            end = hi
+        dq = _llama4_chunked_bwd_dq_tiles(
+            dq,
+            q,
+            do,
+            lse2,
+            delta,
+            k_base,
+            v_base,
+            stride_kn,
+            stride_vn,
+            q_pos,
+            m_valid,
+            off_b,
+            off_h,
+            off_hkv,
+            batch,
+            heads_q,
+            heads_kv,
+            q_len,
+            kv_len,
+            scale,
+            start,
+            end,
+            offs_n,
+            d_valid,
+            PRECISION,
+            SCORE_IS_IDENTITY,
+            SCORE_GRAD_IS_ONE,
+            HAS_MASK,
+            i != 1,
+            HEAD_DIM == BLOCK_D,
+            BLOCK_M,
+            BLOCK_N,
+        )
+
+    dq = dq * scale
+    tl.store(
+        DQ
+        + off_b * stride_dqb
+        + off_h * stride_dqh
+        + offs_m[:, None] * stride_dqm
+        + offs_d[None, :],
+        dq.to(DQ.dtype.element_ty),
+        mask=io_mask,
+    )
+
+
 def _launch_fwd(q, k, v, scale, params, shapes):
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(
@@ -346,30 +938,157 @@ def _launch_fwd(q, k, v, scale, params, shapes):
     return out, lse
 
 
+def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes):
+    """dq, dk, dv and {param: grad} for the params marked `grad`."""
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    grad_rows = triton.cdiv(shapes.q_len, 16)  # partial-sum rows per (batch, head): BLOCK_M >= 16
+    buffers = []
+    for name, varying in GRAD_TERMS:
+        numel = params[name].numel()
+        rows = 1 if varying else shapes.batch * shapes.heads_q * grad_rows
+        buffers.append(torch.zeros((rows, numel), dtype=torch.float32, device=q.device))
+    if out.numel() and shapes.kv_len:
+        delta = torch.empty_like(lse)
+        preprocess_grid = (triton.cdiv(shapes.q_len, 64), shapes.batch * shapes.heads_q)
+        _llama4_chunked_bwd_preprocess[preprocess_grid](
+            out,
+            grad_out,
+            grad_lse if grad_lse is not None else delta,
+            delta,
+            *out.stride()[:3],
+            *grad_out.stride()[:3],
+            shapes.heads_q,
+            shapes.q_len,
+            HEAD_DIM=shapes.head_dim,
+            BLOCK_D=triton.next_power_of_2(shapes.head_dim),
+            HAS_DLSE=grad_lse is not None,
+            BLOCK_M=64,
+        )
+        common = dict(
+            HEAD_DIM=shapes.head_dim,
+            BLOCK_D=triton.next_power_of_2(shapes.head_dim),
+            PRECISION=runtime.dot_precision(q.dtype),
+            **BWD_FLAGS,
+        )
+        lengths = (
+            shapes.batch,
+            shapes.heads_q,
+            shapes.heads_kv,
+            shapes.q_len,
+            shapes.kv_len,
+            scale,
+            runtime.length_bucket(shapes.q_len),
+            runtime.length_bucket(shapes.kv_len),
+        )
+        param_args = []
+        dkdv_grid = lambda meta: (
+            triton.cdiv(shapes.kv_len, meta["BLOCK_N"]),
+            shapes.batch * shapes.heads_kv,
+        )
+        llama4_chunked_bwd_dkdv[dkdv_grid](
+            q,
+            k,
+            v,
+            grad_out,
+            lse,
+            delta,
+            dk,
+            dv,
+            *q.stride()[:3],
+            *k.stride()[:3],
+            *v.stride()[:3],
+            *grad_out.stride()[:3],
+            *dk.stride()[:3],
+            *dv.stride()[:3],
+            *param_args,
+            *lengths,
+            **common,
+        )
+        grad_args = [x for buffer in buffers for x in (buffer, buffer.shape[1])]
+        dq_grid = lambda meta: (
+            triton.cdiv(shapes.q_len, meta["BLOCK_M"]),
+            shapes.batch * shapes.heads_q,
+        )
+        llama4_chunked_bwd_dq[dq_grid](
+            q,
+            k,
+            v,
+            grad_out,
+            lse,
+            delta,
+            dq,
+            *q.stride()[:3],
+            *k.stride()[:3],
+            *v.stride()[:3],
+            *grad_out.stride()[:3],
+            *dq.stride()[:3],
+            *param_args,
+            *grad_args,
+            grad_rows,
+            *lengths,
+            **common,
+        )
+    else:
+        dq.zero_(), dk.zero_(), dv.zero_()
+    param_grads = {}
+    for (name, _), buffer in zip(GRAD_TERMS, buffers):
+        total = buffer.sum(0)  # fixed-order reduction of the per-program partial sums
+        param_grads[name] = total if name not in param_grads else param_grads[name] + total
+    return (
+        dq,
+        dk,
+        dv,
+        {n: g.view(params[n].shape).to(params[n].dtype) for n, g in param_grads.items()},
+    )
+
+
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale, shapes, param_names, *param_values):
         params = dict(zip(param_names, param_values))
         out, lse = _launch_fwd(q, k, v, scale, params, shapes)
         ctx.save_for_backward(q, k, v, out, lse, *param_values)
-        ctx.mark_non_differentiable(lse)
+        ctx.scale, ctx.shapes, ctx.param_names = scale, shapes, param_names
+        ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        raise NotImplementedError(
-            f"NYI: attngen op {NAME!r} has no backward kernels yet; for gradients use the eager "
-            f"reference (attngen.load(spec).reference(...))"
+        q, k, v, out, lse, *param_values = ctx.saved_tensors
+        params = dict(zip(ctx.param_names, param_values))
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        if grad_lse is not None:
+            grad_lse = grad_lse.float().contiguous()
+        dq, dk, dv, param_grads = _launch_bwd(
+            q, k, v, out, lse, grad_out, grad_lse, ctx.scale, params, ctx.shapes
+        )
+        wanted = ctx.needs_input_grad[6:]
+        return (
+            dq,
+            dk,
+            dv,
+            None,
+            None,
+            None,
+            *(param_grads.get(n) if w else None for n, w in zip(ctx.param_names, wanted)),
         )
 
 
-def llama4_chunked(q, k, v, *, scale=None, return_lse=False, **params):
-    """Attention `llama4_chunked` (see the module docstring); params: none."""
+def llama4_chunked(q, k, v, *, scale=None, return_lse=False, deterministic=False, **params):
+    """Attention `llama4_chunked` (see the module docstring); params: none.
+
+    deterministic=True gives bitwise-identical gradients run to run (dq, dk, dv never use atomics;
+    gradients of params read at positions that vary over a tile do, and then raise NYI).
+    """
     shapes = runtime.check_inputs(
         NAME, q, k, v, dtypes=DTYPES, head_dims=HEAD_DIMS, require_contiguous_last_dim=True
     )
     runtime.check_kernel_device(NAME, q.device, _INTERPRET)
     tensors = runtime.check_params(NAME, PARAMS, params, shapes, q.device)
+    if deterministic:
+        runtime.check_deterministic(NAME, GRAD_TERMS, PARAMS, tensors)
     scale = runtime.default_scale(scale, shapes.head_dim)
     out, lse = _Attention.apply(q, k, v, scale, shapes, tuple(tensors), *tensors.values())
     return (out, lse) if return_lse else out
