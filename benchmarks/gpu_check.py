@@ -38,6 +38,7 @@ INLINE = {
 SHAPES = [(1, 1), (3, 3), (17, 17), (113, 113), (239, 239), (1, 239), (17, 113), (113, 203),
           (239, 1), (1023, 1024)]
 GQA = [(4, 4), (8, 2), (8, 1)]
+DEVICE = os.environ.get("ATTNGEN_CHECK_DEVICE", "cuda")  # "cpu" smoke-tests this script
 HEAD_DIMS = [16, 64, 80, 128]
 
 
@@ -47,29 +48,46 @@ def load_all():
     return ops
 
 
-def check_case(op, dtype, B, Hq, Hkv, M, N, D, gen):
-    dev = "cuda"
+def check_case(op, dtype, B, Hq, Hkv, M, N, D, gen, backward=True):
+    """Errors of out, lse (and dq, dk, dv, param grads) against a float64 golden, next to the
+    errors of the eager reference run in ``dtype``; ok when every kernel error is within the rule."""
+    dev = DEVICE
     # inputs are rounded to the kernel's dtype first, so errors measure arithmetic only
     q = torch.randn(B, Hq, M, D, generator=gen).to(dev, dtype)
     k = torch.randn(B, Hkv, N, D, generator=gen).to(dev, dtype)
     v = torch.randn(B, Hkv, N, D, generator=gen).to(dev, dtype)
     params = random_params(op.spec, B, Hq, Hkv, M, N, dev, gen)
-    gold_o, gold_l = op.reference(q.double(), k.double(), v.double(), return_lse=True, **params)
-    ref_o, ref_l = op.reference(q, k, v, return_lse=True, **params)
-    out, lse = op(q, k, v, return_lse=True, **params)
-    errs = {
-        "out": (mean_abs_error(out, gold_o), mean_abs_error(ref_o, gold_o)),
-        "lse": (mean_abs_error(lse, gold_l), mean_abs_error(ref_l.float(), gold_l)),
-    }
-    ok = all(within_rule(kern, ref) for kern, ref in errs.values())
+    grad_params = [p.name for p in op.spec.params if p.grad] if backward else []
+    d_out = torch.randn(B, Hq, M, D, generator=gen).to(dev, dtype)
+
+    def run(fn, cast):
+        leaves = [x.detach().to(cast).requires_grad_(backward) for x in (q, k, v)]
+        ps = {n: (t.detach().clone().requires_grad_() if n in grad_params else t)
+              for n, t in params.items()}
+        out, lse = fn(*leaves, return_lse=True, **ps)
+        results = {"out": out, "lse": lse}
+        if backward and out.numel():
+            grads = torch.autograd.grad(out, [*leaves, *(ps[n] for n in grad_params)],
+                                        d_out.to(cast), allow_unused=True)
+            results.update(zip(["dq", "dk", "dv", *(f"d{n}" for n in grad_params)], grads))
+        return results
+
+    gold = run(op.reference, torch.float64)
+    ref = run(op.reference, dtype)
+    kern = run(op, dtype)
+    errs = {name: (mean_abs_error(kern[name], gold[name]), mean_abs_error(ref[name], gold[name]))
+            for name in gold if gold[name] is not None}
+    ok = all(within_rule(kernel, eager) for kernel, eager in errs.values())
     return ok, errs
 
 
-def correctness(out_dir: Path) -> list[dict]:
+def correctness(out_dir: Path, only: set[str] | None) -> list[dict]:
     os.environ["ATTNGEN_AUTOTUNE"] = "0"  # one config per shape bucket keeps compiles bounded
     rows, gen = [], torch.Generator().manual_seed(0)
     t0 = time.time()
     for op in load_all():
+        if only and op.name not in only:
+            continue
         dims = op.spec.head_dims or HEAD_DIMS
         for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
             if dtype_name not in op.spec.dtypes:
@@ -77,10 +95,10 @@ def correctness(out_dir: Path) -> list[dict]:
             for (M, N) in SHAPES:
                 for (Hq, Hkv) in GQA:
                     for D in dims:
-                        if dtype == torch.float16 and (Hq, Hkv) != (8, 2):
-                            continue  # fp16: one GQA ratio; bf16 gets the whole matrix
+                        if dtype == torch.float16 and ((Hq, Hkv) != (8, 2) or D not in (64, 256)):
+                            continue  # fp16: a slice; bf16 gets the whole matrix
                         ok, errs = check_case(op, dtype, 2, Hq, Hkv, M, N, D, gen)
-                        rows.append(dict(spec=op.name, dtype=str(dtype)[6:], M=M, N=N, Hq=Hq,
+                        rows.append(dict(spec=op.name, dtype=dtype_name, M=M, N=N, Hq=Hq,
                                          Hkv=Hkv, D=D, ok=ok,
                                          **{f"{k}_err": e[0] for k, e in errs.items()},
                                          **{f"{k}_ref_err": e[1] for k, e in errs.items()}))
@@ -88,8 +106,36 @@ def correctness(out_dir: Path) -> list[dict]:
                             print("FAIL", rows[-1], flush=True)
         print(f"{op.name}: {sum(r['ok'] for r in rows if r['spec'] == op.name)}/"
               f"{sum(r['spec'] == op.name for r in rows)} ok ({time.time() - t0:.0f}s)", flush=True)
-    (out_dir / "correctness.json").write_text(json.dumps(rows, indent=1))
+    (out_dir / f"correctness{'-' + '-'.join(sorted(only)) if only else ''}.json").write_text(
+        json.dumps(rows, indent=1))
     return rows
+
+
+def determinism(repeats: int = 20) -> list[str]:
+    """deterministic=True: identical gradients over repeated backward passes."""
+    lines, gen = [], torch.Generator().manual_seed(1)
+    for spec, grad_param in (("llama", None), ("alibi", "slopes"), ("packed_docs", None)):
+        op = attngen.load(EXAMPLES / f"{spec}.attn")
+        B, H, N, D = 2, 8, 1000, 128
+        q, k, v = (torch.randn(B, H, N, D, generator=gen).to("cuda", torch.bfloat16)
+                   .requires_grad_() for _ in range(3))
+        params = random_params(op.spec, B, H, H, N, N, "cuda", gen)
+        leaves = [q, k, v]
+        if grad_param:
+            params[grad_param].requires_grad_()
+            leaves.append(params[grad_param])
+        d_out = torch.randn(B, H, N, D, generator=gen).to("cuda", torch.bfloat16)
+        first = None
+        same = True
+        for _ in range(repeats):
+            out = op(q, k, v, deterministic=True, **params)
+            grads = torch.autograd.grad(out, leaves, d_out)
+            if first is None:
+                first = grads
+            same &= all(torch.equal(a, b) for a, b in zip(first, grads))
+        lines.append(f"deterministic {spec}: {repeats} backward passes "
+                     f"{'bitwise identical' if same else 'DIFFER'}")
+    return lines
 
 
 # ---- speed ------------------------------------------------------------------------------------
@@ -139,6 +185,7 @@ def bench(out_dir: Path) -> list[dict]:
         doc = (torch.arange(N, device=dev) * 8) // N
         if op.name == "packed_docs":
             params["doc"] = doc.to(torch.int32).expand(B, N).contiguous()
+        q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
         impls = {"attngen": lambda: op(q, k, v, **params)}
         if mode in ("full", "causal"):
             for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
@@ -167,14 +214,22 @@ def bench(out_dir: Path) -> list[dict]:
                 torch.cuda.synchronize()
                 first = time.time() - start
                 ms = timed(fn)
+                d_out = torch.randn_like(outs[name])
+
+                def fwd_bwd(fn=fn, d_out=d_out):
+                    torch.autograd.grad(fn(), (q, k, v), d_out)
+
+                ms_both = timed(fwd_bwd)
                 rows.append(dict(case=case, impl=name, mode=mode, B=B, H=H, N=N, D=D,
                                  fwd_ms=round(ms, 4), fwd_tflops=round(flop / ms / 1e9, 1),
+                                 bwd_ms=round(ms_both - ms, 4),
+                                 bwd_tflops=round(2.5 * flop / (ms_both - ms) / 1e9, 1),
                                  first_call_s=round(first, 2)))
             except Exception as err:  # a peer failing must not hide the others
                 rows.append(dict(case=case, impl=name, mode=mode, N=N, D=D, error=repr(err)[:300]))
             print(json.dumps(rows[-1]), flush=True)
         if "flex" in outs and "attngen" in outs:  # same function: outputs must agree
-            diff = (outs["attngen"].float() - outs["flex"].float()).abs().max().item()
+            diff = (outs["attngen"].detach().float() - outs["flex"].detach().float()).abs().max().item()
             rows.append(dict(case="agreement", mode=mode, N=N, D=D, max_abs_diff_vs_flex=diff))
             print(json.dumps(rows[-1]), flush=True)
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
@@ -188,19 +243,26 @@ def table(rows):
     by = {}
     for r in rows:
         if "fwd_tflops" in r:
-            by.setdefault((r["mode"], r["N"], r["D"]), {})[r["impl"]] = r["fwd_tflops"]
+            by.setdefault((r["mode"], r["N"], r["D"]), {})[r["impl"]] = (r["fwd_tflops"],
+                                                                         r.get("bwd_tflops"))
     impls = ["attngen", "sdpa_flash", "sdpa_cudnn", "flex"]
-    lines = ["| mode | N | D | " + " | ".join(impls) + " | attngen/flex |", "|---" * 7 + "|---|"]
+    lines = ["fwd / bwd TFLOP/s",
+             "| mode | N | D | " + " | ".join(impls) + " | attngen/flex fwd, bwd |",
+             "|---" * 7 + "|---|"]
     for (mode, N, D), vals in by.items():
-        ratio = vals.get("attngen", 0) / vals["flex"] if vals.get("flex") else float("nan")
-        lines.append(f"| {mode} | {N} | {D} | " + " | ".join(str(vals.get(i, "–")) for i in impls)
-                     + f" | {ratio:.2f} |")
+        cells = [f"{vals[i][0]} / {vals[i][1]}" if i in vals else "–" for i in impls]
+        ratio = "–"
+        if "flex" in vals and "attngen" in vals:
+            ratio = f"{vals['attngen'][0] / vals['flex'][0]:.2f}, " \
+                    f"{(vals['attngen'][1] or 0) / (vals['flex'][1] or 1):.2f}"
+        lines.append(f"| {mode} | {N} | {D} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=["correctness", "bench", "all"])
+    parser.add_argument("part", choices=["correctness", "bench", "determinism", "all"])
+    parser.add_argument("--specs", default="", help="comma list of spec names (correctness)")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -208,13 +270,21 @@ def main():
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
     summary = []
     if args.part in ("correctness", "all"):
-        rows = correctness(out_dir)
+        rows = correctness(out_dir, set(args.specs.split(",")) - {""} or None)
         bad = [r for r in rows if not r["ok"]]
         summary.append(f"correctness: {len(rows) - len(bad)}/{len(rows)} cases pass "
-                       f"(kernel mean error <= 1.1 x bf16/fp16 eager error + 1e-5, out and lse)")
-        worst = max(rows, key=lambda r: r["out_err"] / max(r["out_ref_err"], 1e-9))
-        summary.append(f"worst out error ratio: {worst['out_err'] / max(worst['out_ref_err'], 1e-9):.3f} "
-                       f"({worst['spec']} {worst['dtype']} M={worst['M']} N={worst['N']} D={worst['D']})")
+                       f"(kernel mean error <= 1.1 x bf16/fp16 eager error + 1e-5 for out, lse, "
+                       f"dq, dk, dv and param grads)")
+        for field in ("out", "lse", "dq", "dk", "dv"):
+            have = [r for r in rows if f"{field}_err" in r]
+            if not have:
+                continue
+            ratio = lambda r: r[f"{field}_err"] / max(r[f"{field}_ref_err"], 1e-9)  # noqa: E731
+            worst = max(have, key=ratio)
+            summary.append(f"worst {field} error / eager error: {ratio(worst):.3f} ({worst['spec']} "
+                           f"{worst['dtype']} M={worst['M']} N={worst['N']} D={worst['D']})")
+    if args.part in ("determinism", "all"):
+        summary.extend(determinism())
     if args.part in ("bench", "all"):
         rows = bench(out_dir)
         summary.append(table(rows))
