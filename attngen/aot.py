@@ -1,9 +1,11 @@
 """Ahead-of-time compilation of generated kernels for a GPU target, on any machine.
 
 ``triton.compile`` builds PTX and a cubin for e.g. sm_90 without a GPU, so CI proves every
-kernel compiles for Hopper (and uses wgmma) before it ever reaches one. The generated module
-must be imported with TRITON_INTERPRET unset or 0 (interpreted kernels cannot be compiled);
-``attngen compile`` arranges that.
+kernel compiles for Hopper (and uses wgmma) before it ever reaches one. Arguments are
+specialised as a launch on contiguous tensors would be (pointers and, when the head dim is a
+multiple of 16, strides divisible by 16), and configs go through the same pruning as at run
+time. The generated module must be imported with TRITON_INTERPRET unset or 0 (interpreted
+kernels cannot be compiled); ``attngen compile`` arranges that.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from .runtime import TORCH_DTYPES, fix_known_compiler_issues
+
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
                  torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}
+_INPUT_POINTERS = {"Q", "K", "V", "Out", "DO", "DQ", "DK", "DV"}  # the inputs' dtype
+_FP32_POINTERS = {"Lse", "Delta", "DLse"}  # and the param-gradient buffers G<i>
 
 
 @dataclass(frozen=True)
@@ -31,60 +37,64 @@ class CompiledKernel:
     cubin_bytes: int
 
 
-def _fwd_signature(module, fn, dtype: torch.dtype) -> dict[str, str]:
-    """Types of the forward kernel's arguments, following the generated launch order."""
-    elem = _TRITON_TYPES[dtype]
+def _signature(module, fn, dtype: torch.dtype, head_dim: int) -> tuple[dict, dict]:
+    """Argument types and specialisation attributes of a generated kernel."""
     params = {p.name: p for p in module.PARAMS}
     sig: dict[str, str] = {}
-    for name in fn.arg_names:
-        if name in ("Q", "K", "V", "Out"):
-            sig[name] = f"*{elem}"
-        elif name == "Lse":
-            sig[name] = "*fp32"
-        elif name == "scale":
-            sig[name] = "fp32"
-        elif name.startswith("p_") and name[2:] in params:
-            sig[name] = f"*{_TRITON_TYPES[_torch_dtype(params[name[2:]].dtype)]}"
-        else:  # strides, sizes, buckets: 32-bit integers
-            sig[name] = "i32"
+    attrs = {}
     for i, name in enumerate(fn.arg_names):
         if fn.params[i].is_constexpr:
             sig[name] = "constexpr"
-    return sig
+        elif name in _INPUT_POINTERS:
+            sig[name] = f"*{_TRITON_TYPES[dtype]}"
+        elif name in _FP32_POINTERS or (name.startswith("G") and name[1:].isdigit()):
+            sig[name] = "*fp32"
+        elif name.startswith("p_") and name[2:] in params:
+            sig[name] = f"*{_TRITON_TYPES[TORCH_DTYPES[params[name[2:]].dtype]]}"
+        elif name == "scale":
+            sig[name] = "fp32"
+        else:  # strides, sizes, buckets
+            sig[name] = "i32"
+        aligned = sig[name].startswith("*") or (name.startswith("stride") and head_dim % 16 == 0)
+        if aligned:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, attrs
 
 
-def _torch_dtype(spec_dtype: str) -> torch.dtype:
-    from .runtime import TORCH_DTYPES
+def kernels_of(module) -> list[str]:
+    """Names of the generated kernels of a module, in pipeline order."""
+    names = [f"{module.NAME}_fwd"]
+    if hasattr(module, f"{module.NAME}_bwd_dq"):
+        names += [f"_{module.NAME}_bwd_preprocess", f"{module.NAME}_bwd_dkdv",
+                  f"{module.NAME}_bwd_dq"]
+    return names
 
-    return TORCH_DTYPES[spec_dtype]
 
-
-def compile_fwd(module, dtype: torch.dtype, head_dim: int, arch: int = 90,
-                config_index: int = 0) -> CompiledKernel:
-    """Compile a generated module's forward kernel for ``sm_<arch>`` with one autotune config."""
-    autotuner = getattr(module, f"{module.NAME}_fwd")
-    fn = autotuner.fn
-    config = autotuner.configs[config_index]
-    constants = {
-        "HEAD_DIM": head_dim,
-        "BLOCK_D": triton.next_power_of_2(head_dim),
-        "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
-        **module.FWD_FLAGS,
-        **config.kwargs,
-    }
-    # 16-byte alignment of every pointer, as torch allocations guarantee
-    sig = _fwd_signature(module, fn, dtype)
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-             if sig[n].startswith("*")}
-    src = ASTSource(fn, sig, constexprs=constants, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": config.num_warps,
-                                       "num_stages": config.num_stages})
+def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch: int = 90,
+                   config_index: int = 0) -> CompiledKernel:
+    """Compile one generated kernel for ``sm_<arch>`` with one of its autotune configs."""
+    obj = getattr(module, kernel)
+    block_d = triton.next_power_of_2(head_dim)
+    constants = {"HEAD_DIM": head_dim, "BLOCK_D": block_d}
+    if isinstance(obj, triton.runtime.Autotuner):
+        fn = obj.fn
+        config = fix_known_compiler_issues([obj.configs[config_index]], block_d)[0]
+        flags = module.BWD_FLAGS if "_bwd_" in kernel else module.FWD_FLAGS
+        constants.update(PRECISION="ieee" if dtype == torch.float32 else "tf32", **flags,
+                         **config.kwargs)
+        num_warps, num_stages = config.num_warps, config.num_stages
+        label = (f"m={config.kwargs['BLOCK_M']} n={config.kwargs['BLOCK_N']} "
+                 f"warps={num_warps} stages={num_stages}")
+    else:  # the backward's preprocess kernel: fixed launch
+        fn = obj
+        constants.update(HAS_DLSE=True, BLOCK_M=64)
+        num_warps, num_stages, label = 4, 1, "m=64"
+    sig, attrs = _signature(module, fn, dtype, head_dim)
+    compiled = triton.compile(ASTSource(fn, sig, constexprs=constants, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
     ptx = compiled.asm["ptx"]
-    meta = compiled.metadata
     return CompiledKernel(
         kernel=fn.__name__, dtype=_TRITON_TYPES[dtype], head_dim=head_dim, arch=arch,
-        config=f"m={config.kwargs['BLOCK_M']} n={config.kwargs['BLOCK_N']} "
-               f"warps={config.num_warps} stages={config.num_stages}",
-        shared_memory=meta.shared, uses_wgmma="wgmma" in ptx,
+        config=label, shared_memory=compiled.metadata.shared, uses_wgmma="wgmma" in ptx,
         cubin_bytes=len(compiled.asm.get("cubin", b"")))

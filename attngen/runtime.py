@@ -192,8 +192,16 @@ def autotune_configs(kernel: str, fixed: dict | None, space: dict | None, *,
                   "n": min(first["n"], _INTERPRET_MAX_BLOCK)}]
     elif os.environ.get("ATTNGEN_AUTOTUNE", "1") == "0":  # quick start: the first config only
         knobs = knobs[:1]
-    return [triton.Config({"BLOCK_M": k["m"], "BLOCK_N": k["n"]}, num_warps=k["warps"],
-                          num_stages=k["stages"]) for k in knobs]
+    configs = [triton.Config({"BLOCK_M": k["m"], "BLOCK_N": k["n"]}, num_warps=k["warps"],
+                             num_stages=k["stages"]) for k in knobs]
+    if not interpret and len(configs) == 1 and configs[0].num_stages == 2:
+        # A lone config skips pruning, where known compiler crashes are avoided: give it a
+        # 3-stage twin, and pruning keeps exactly one of the two (see fix_known_compiler_issues).
+        twin = triton.Config(dict(configs[0].kwargs), num_warps=configs[0].num_warps,
+                             num_stages=3)
+        twin.attngen_stage_twin = True
+        configs.append(twin)
+    return configs
 
 
 _SHARED_MEMORY: dict[int, int] = {}
@@ -208,6 +216,27 @@ def _shared_memory_limit(device_index: int) -> int:
     return _SHARED_MEMORY[device_index]
 
 
+def fix_known_compiler_issues(configs: list, block_d: int) -> list:
+    """Move configs away from known toolchain crashes (keeping their order, without repeats).
+
+    ptxas of triton 3.6 segfaults on 2-stage pipelines of 16-wide head dims (seen on the causal
+    forward, sm_90): such configs use 3 stages instead.
+    """
+    import triton
+
+    crash_prone = block_d <= 16
+    if any(getattr(c, "attngen_stage_twin", False) for c in configs):
+        configs = [c for c in configs if getattr(c, "attngen_stage_twin", False) == crash_prone]
+    out = []
+    for c in configs:
+        if crash_prone and c.num_stages == 2:
+            c = triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=3)
+        if all((c.kwargs, c.num_warps, c.num_stages) != (o.kwargs, o.num_warps, o.num_stages)
+               for o in out):
+            out.append(c)
+    return out
+
+
 def prune_by_shared_memory(configs, named_args, **kwargs):
     """Drop configs whose tiles cannot fit in shared memory, before compiling any of them.
 
@@ -217,6 +246,7 @@ def prune_by_shared_memory(configs, named_args, **kwargs):
     if not q.is_cuda:
         return configs
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+    configs = fix_known_compiler_issues(configs, block_d)
     limit = _shared_memory_limit(q.device.index or 0)
     elem = q.element_size()
 

@@ -87,22 +87,21 @@ def test_sm90_each_example_uses_wgmma(sm90_sweep, path):
 
 
 def test_fp32_compile(tmp_path):
+    # one head dim: an fp32 kernel (ieee dot products, no tensor cores) compiles slowly
     proc, lines, elapsed = _compile(tmp_path, "examples/llama.attn", "--arch", "90", "--dtype",
-                                    "fp32")
-    print(f"\nllama fp32 sm_90: {elapsed:.1f} s")
+                                    "fp32", "--head-dim", "64")
+    print(f"\nllama fp32 D=64 sm_90: {elapsed:.1f} s")
     assert proc.returncode == 0, _log(proc)
-    assert {(ln["dtype"], int(ln["d"]), ln["arch"]) for ln in lines} == \
-        {("fp32", 64, "90"), ("fp32", 128, "90")}
+    assert [(ln["dtype"], int(ln["d"]), ln["arch"]) for ln in lines] == [("fp32", 64, "90")]
     assert not [ln for ln in lines if ln["missing"]]  # wgmma is not required for fp32
 
 
 def test_sm80_compile(tmp_path):
     proc, lines, elapsed = _compile(tmp_path, "examples/llama.attn", "--arch", "80", "--dtype",
-                                    "bf16,fp16")
-    print(f"\nllama bf16,fp16 sm_80: {elapsed:.1f} s")
+                                    "bf16,fp16", "--head-dim", "64")
+    print(f"\nllama bf16,fp16 D=64 sm_80: {elapsed:.1f} s")
     assert proc.returncode == 0, _log(proc)
-    assert {(ln["dtype"], int(ln["d"])) for ln in lines} == \
-        {("bf16", 64), ("bf16", 128), ("fp16", 64), ("fp16", 128)}
+    assert [(ln["dtype"], int(ln["d"])) for ln in lines] == [("bf16", 64), ("fp16", 64)]
     for ln in lines:
         assert ln["arch"] == "80"
         assert ln["wgmma"] == "NO" and not ln["missing"]  # Ampere has no wgmma

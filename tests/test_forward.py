@@ -51,6 +51,14 @@ GQA = [(2, 2), (8, 2), (8, 1)]  # Hq:Hkv of 1:1, 4:1, 8:1
 HEAD_DIMS = [16, 64, 80, 128]
 FULL_MATRIX = os.environ.get("ATTNGEN_FULL_MATRIX") == "1"
 
+pytestmark = [
+    # the Triton interpreter's own noise: numpy deprecations, and exp/log2 overflowing to inf in
+    # emulated tanh and pow, which the kernels handle
+    pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:divide by zero encountered in log2:RuntimeWarning"),
+]
+
 if torch.cuda.is_available() and not runtime.interpreting():
     DEVICE = torch.device("cuda")
 else:
@@ -582,34 +590,110 @@ def test_rejects_param_on_another_device(no_launch):
             "slopes", "meta")
 
 
-# ---- backward is not implemented yet --------------------------------------------------------
+# ---- backward: gradients of out and lse against the float64 golden ---------------------------
+
+# (name, dtype, M, N, (Hq, Hkv), D, param that requires grad)
+BACKWARD_CASES = [
+    ("llama", "fp32", 17, 113, (8, 2), 64, None),
+    ("llama", "fp16", 17, 113, (8, 1), 64, None),
+    ("llama", "fp32", 20, 7, (4, 2), 16, None),  # rows at negative positions: zero gradients
+    ("alibi", "fp32", 17, 40, (4, 2), 64, "slopes"),
+    ("t5_bias", "fp32", 17, 40, (4, 2), 64, "table"),
+    ("packed_docs", "fp32", 17, 40, (4, 2), 80, None),
+    ("gemma2_local", "fp32", 17, 40, (2, 1), 256, None),
+]
 
 
-def test_backward_through_out_raises_nyi():
+def _grads(fn, q, k, v, params, grad_param, w_out, w_lse):
+    """Gradients of sum(out * w_out) + sum(finite lse * w_lse) wrt q, k, v (and the param)."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    params = dict(params)
+    if grad_param is not None:
+        params[grad_param] = params[grad_param].detach().clone().requires_grad_()
+        leaves.append(params[grad_param])
+    out, lse = fn(*leaves[:3], return_lse=True, **params)
+    lse = lse.to(F64)
+    loss = (out.to(F64) * w_out).sum() + (lse.masked_fill(torch.isinf(lse), 0.0) * w_lse).sum()
+    return torch.autograd.grad(loss, leaves)
+
+
+def _check_grads(op, q, k, v, params, grad_param=None, *, scale=None):
+    params = _on_device(params)
+    kernel = functools.partial(op, scale=scale)
+    reference = functools.partial(op.reference, scale=scale)
+    g = torch.Generator().manual_seed(7)
+    w_out = torch.randn(q.shape, generator=g, dtype=F64).to(DEVICE)
+    w_lse = torch.randn(q.shape[:3], generator=g, dtype=F64).to(DEVICE)
+    got = _grads(kernel, q, k, v, params, grad_param, w_out, w_lse)
+    gold = _grads(reference, *(t.to(F64) for t in (q, k, v)), params, grad_param, w_out, w_lse)
+    names = ["dq", "dk", "dv", f"d{grad_param}"]
+    for name, x, ref in zip(names, got, gold):
+        assert x.shape == ref.shape and x.dtype == (q.dtype if name in names[:3] else ref.dtype)
+        assert torch.isfinite(x).all(), f"{name} has NaN or inf"
+    if q.dtype == torch.float32:
+        for name, x, ref in zip(names, got, gold):
+            err = rel_err(x, ref)
+            assert err <= FP32_TOL, f"fp32 {name}: max rel error {err:.3g} > {FP32_TOL}"
+    else:
+        low = _grads(reference, q, k, v, params, grad_param, w_out, w_lse)
+        for name, x, ref, r in zip(names, got, gold, low):
+            err, ref_err = rel_err(x, ref), rel_err(r, ref)
+            assert err <= FP16_FACTOR * ref_err + FP16_FLOOR, (
+                f"{q.dtype} {name}: kernel error {err:.3g} > {FP16_FACTOR} x reference error "
+                f"{ref_err:.3g} + {FP16_FLOOR}")
+    return got
+
+
+@pytest.mark.parametrize("name, dtype_name, m, n, hq, hkv, d, grad_param", [
+    pytest.param(c[0], c[1], c[2], c[3], *c[4], c[5], c[6],
+                 id=f"{c[0]}-{c[1]}-M{c[2]}-N{c[3]}-H{c[4][0]}x{c[4][1]}-D{c[5]}")
+    for c in BACKWARD_CASES])
+def test_backward_matches_reference(name, dtype_name, m, n, hq, hkv, d, grad_param):
+    seed = _seed("bwd", name, dtype_name, m, n)
+    q, k, v = make_qkv(BATCH, hq, hkv, m, n, d, DTYPES[dtype_name], seed=seed)
+    params = make_params(name, BATCH, hq, m, n, torch.Generator().manual_seed(seed))
+    dq, dk, dv, *_ = _check_grads(example(name), q, k, v, params, grad_param)
+    if m > n:  # rows that see no key get no gradient
+        assert torch.equal(dq[:, :, : m - n], torch.zeros_like(dq[:, :, : m - n]))
+
+
+def test_backward_of_an_inline_spec_with_a_wide_window():
+    op = inline(INLINE["softcap_causal_window130"])
+    q, k, v = make_qkv(1, 2, 1, 239, 239, 64, torch.float32, seed=11)
+    _check_grads(op, q, k, v, {}, scale=1.0)
+
+
+def test_backward_through_out_only():
     op = example("llama")
     q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 2, 5, 7, 16, torch.float32))
     out = op(q, k, v)
     assert out.requires_grad
-    with pytest.raises(NotImplementedError, match="NYI"):
-        (out * out).sum().backward()
+    (out * out).sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-def test_backward_to_a_grad_param_raises_nyi():
-    # only the param requires grad; the loss uses out from return_lse=True
+def test_deterministic_gradients_are_bitwise_identical():
     op = example("alibi")
-    q, k, v = make_qkv(1, 2, 2, 5, 7, 16, torch.float32)
-    slopes = torch.tensor([0.5, 0.25], device=DEVICE, requires_grad=True)
-    out, lse = op(q, k, v, slopes=slopes, return_lse=True)
-    assert not lse.requires_grad
-    with pytest.raises(NotImplementedError, match="NYI"):
-        out.sum().backward()
+    q, k, v = make_qkv(BATCH, 4, 2, 17, 40, 64, torch.float32, seed=12)
+    params = {"slopes": torch.rand(4, generator=torch.Generator().manual_seed(1)).to(DEVICE)}
+    det = functools.partial(op, deterministic=True)
+    w_out = torch.ones(q.shape, dtype=F64, device=DEVICE)
+    w_lse = torch.ones(q.shape[:3], dtype=F64, device=DEVICE)
+    first = _grads(det, q, k, v, params, "slopes", w_out, w_lse)
+    second = _grads(det, q, k, v, params, "slopes", w_out, w_lse)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
 
 
-def test_no_grad_forward_is_fine():
-    q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 2, 5, 7, 16, torch.float32))
-    with torch.no_grad():
-        out = example("llama")(q, k, v)
-    assert not out.requires_grad
+def test_deterministic_with_a_varying_param_gradient_raises_nyi(no_launch):
+    # table[h, kv - q + 128] is read at positions that vary over a tile: its gradient needs
+    # atomics, so deterministic=True is refused before anything runs
+    op = no_launch(example("t5_bias"))
+    q, k, v = make_qkv(BATCH, 4, 2, 5, 7, 16, torch.float32)
+    table = torch.randn(4, 257, device=DEVICE, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="NYI") as info:
+        op(q, k, v, table=table, deterministic=True)
+    assert "table" in str(info.value)
 
 
 # ---- a new sequence length in the same bucket does not re-tune --------------------------------
@@ -666,39 +750,34 @@ def test_same_length_bucket_does_not_retune(monkeypatch):
     assert len(benched) == 4 and len(tuner.cache) == 2
 
 
-# ---- bugs -------------------------------------------------------------------------------------
+# ---- scalar params and powers ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: scalar params (`param w: i32`, `param c: f32`) are turned into 0-dim tensors by "
-    "runtime.check_params and passed to the kernel as pointers, but the lowered score/mask use "
-    "p_w / p_c as values: the kernel fails with IncompatibleTypeErrorImpl 'invalid operands of "
-    "type pointer<fp32> and triton.language.float32' (the reference accepts the same call)"))
 def test_scalar_params():
     op = inline("attention scal { param w: i32\n param c: f32\n score c * tanh(score / c)\n"
                 " mask causal & window(w) }")
     q, k, v = make_qkv(BATCH, 2, 2, 17, 17, 16, torch.float32, seed=1)
     check_op(op, q, k, v, {"w": 3, "c": 2.5})
+    check_op(op, q, k, v, {"w": torch.tensor(5, dtype=torch.int32), "c": torch.tensor(7.0)})
+
+
+def test_float_powers():
+    # libdevice.pow does not run in the interpreter: a negative base with an integral exponent
+    # keeps pow's sign, a fractional exponent of a non-negative base works
+    op = inline("attention fpow { score score + 0.01 * (0.1 * (kv - q)) ** 5.0"
+                " + 0.1 * abs(0.1 * (kv - q)) ** 0.5 }")
+    q, k, v = make_qkv(BATCH, 2, 2, 17, 40, 16, torch.float32, seed=2)
+    _, _, (gold, _) = check_op(op, q, k, v)
+    plain = example("encoder").reference(*(t.to(F64) for t in (q, k, v)))
+    assert rel_err(gold, plain) > 1e-3
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "bug: a float power `x ** 0.5` lowers to libdevice.pow, which the Triton interpreter cannot "
-    "run (InterpreterError: AttributeError 'NoneType' object has no attribute 'type'); "
-    "templates already work around this for tanh (_tanh) but not for pow, so such specs cannot "
-    "run on CPU"))
-def test_float_power_in_the_interpreter():
-    if DEVICE.type != "cpu":
-        pytest.xfail("interpreter-only bug")
-    op = inline("attention fpow { score score + abs(kv - q) ** 0.5 }")
-    q, k, v = make_qkv(BATCH, 2, 2, 17, 17, 16, torch.float32, seed=2)
-    check_op(op, q, k, v)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: an integer power with an exponent outside 0..4 (`(kv - q) ** 5`) lowers to "
-    "libdevice.pow(int32, int32), which has no integer overload: Triton fails to build the "
-    "kernel (KeyError (int32, int32) when compiling for sm_90; InterpreterError in the "
-    "interpreter) although the spec checks and the reference evaluates it"))
+    "bug: an integer power with an exponent outside 0..4 (`(kv - q) ** 5`) checks (int ** int "
+    "is an int) and the reference evaluates it, but it lowers to _pow(int32, int32): the "
+    "interpreter fails with ValueError \"Expected dtype ['fp32', 'fp64'] but got int32\" "
+    "(tl.log2 of an int) and compiling for sm_90 fails with libdevice.pow's KeyError "
+    "(int32, int32)"))
 def test_integer_power():
     op = inline("attention ipow { score score + 0.001 * (kv - q) ** 5 }")
     q, k, v = make_qkv(BATCH, 2, 2, 17, 17, 16, torch.float32, seed=3)
