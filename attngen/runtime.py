@@ -194,11 +194,11 @@ def autotune_configs(kernel: str, fixed: dict | None, space: dict | None, *,
         knobs = knobs[:1]
     configs = [triton.Config({"BLOCK_M": k["m"], "BLOCK_N": k["n"]}, num_warps=k["warps"],
                              num_stages=k["stages"]) for k in knobs]
-    if not interpret and len(configs) == 1 and configs[0].num_stages == 2:
-        # A lone config skips pruning, where known compiler crashes are avoided: give it a
-        # 3-stage twin, and pruning keeps exactly one of the two (see fix_known_compiler_issues).
+    if not interpret and len(configs) == 1 and configs[0].num_stages > 1:
+        # A lone config skips pruning, where known compiler crashes are avoided: give it an
+        # unpipelined twin, and pruning keeps exactly one of the two (fix_known_compiler_issues).
         twin = triton.Config(dict(configs[0].kwargs), num_warps=configs[0].num_warps,
-                             num_stages=3)
+                             num_stages=1)
         twin.attngen_stage_twin = True
         configs.append(twin)
     return configs
@@ -219,8 +219,9 @@ def _shared_memory_limit(device_index: int) -> int:
 def fix_known_compiler_issues(configs: list, block_d: int) -> list:
     """Move configs away from known toolchain crashes (keeping their order, without repeats).
 
-    ptxas of triton 3.6 segfaults on 2-stage pipelines of 16-wide head dims (seen on the causal
-    forward, sm_90): such configs use 3 stages instead.
+    ptxas of triton 3.6 segfaults on software-pipelined loops over 16-wide head dims (seen on
+    sm_90 with 2 stages in the causal forward and 3 stages in a chunked mask's dQ kernel): such
+    configs run unpipelined (1 stage); at D=16 the loads are tiny and pipelining gains little.
     """
     import triton
 
@@ -229,8 +230,8 @@ def fix_known_compiler_issues(configs: list, block_d: int) -> list:
         configs = [c for c in configs if getattr(c, "attngen_stage_twin", False) == crash_prone]
     out = []
     for c in configs:
-        if crash_prone and c.num_stages == 2:
-            c = triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=3)
+        if crash_prone and c.num_stages > 1:
+            c = triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=1)
         if all((c.kwargs, c.num_warps, c.num_stages) != (o.kwargs, o.num_warps, o.num_stages)
                for o in out):
             out.append(c)

@@ -723,8 +723,8 @@ def test_same_length_bucket_does_not_retune(monkeypatch):
     op = example("llama")
     tuner = op.module.llama_fwd
     base = tuner.configs[0]
-    other = triton.Config(dict(base.kwargs), num_warps=base.num_warps,
-                          num_stages=base.num_stages + 1)
+    other = triton.Config({**base.kwargs, "BLOCK_N": base.kwargs["BLOCK_N"] // 2},
+                          num_warps=base.num_warps, num_stages=base.num_stages)
     benched = []
 
     def fake_bench(*args, config, **meta):
@@ -736,18 +736,42 @@ def test_same_length_bucket_does_not_retune(monkeypatch):
     monkeypatch.setattr(tuner, "_bench", fake_bench)
 
     def call(m, n):
-        q, k, v = make_qkv(1, 2, 1, m, n, 16, torch.float32, seed=m + n)
+        q, k, v = make_qkv(1, 2, 1, m, n, 64, torch.float32, seed=m + n)
         check_op(op, q, k, v)
 
     call(100, 100)
-    assert len(benched) == 2 and len(tuner.cache) == 1
+    tuned = len(benched)  # the configs left after pruning, each benchmarked once
+    assert tuned >= 1 and len(tuner.cache) == 1
     (key,) = tuner.cache
     assert 128 in key and 100 not in key  # the key holds the bucket, not the length
     call(113, 113)  # same bucket
     call(113, 100)
-    assert len(benched) == 2 and len(tuner.cache) == 1, "re-tuned for a length in the same bucket"
+    assert len(benched) == tuned and len(tuner.cache) == 1, \
+        "re-tuned for a length in the same bucket"
     call(200, 200)  # a new bucket tunes once more
-    assert len(benched) == 4 and len(tuner.cache) == 2
+    assert len(benched) == 2 * tuned and len(tuner.cache) == 2
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason=(
+    "compiled variants exist only on a GPU: the interpreter runs one Python function for every "
+    "call, so there is nothing to count"))
+def test_new_length_adds_no_compiled_variant():
+    op = example("llama")
+    fn = op.module.llama_fwd.fn
+
+    def variants() -> int:
+        return sum(len(caches[0]) for caches in fn.device_caches.values())
+
+    def call(m, n):
+        q, k, v = make_qkv(1, 4, 2, m, n, 64, torch.float16, seed=m + n)
+        check_op(op, q, k, v)
+
+    call(100, 100)  # tunes: compiles one variant per config
+    first = variants()
+    assert first >= 1
+    for m, n in [(113, 113), (113, 100), (127, 120), (97, 128)]:  # the same buckets
+        call(m, n)
+    assert variants() == first, "a new sequence length in the same bucket compiled a new variant"
 
 
 # ---- scalar params and powers ---------------------------------------------------------------
