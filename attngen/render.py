@@ -82,6 +82,7 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "score_grad_is_one": low.score_grad is None,
         "score_grad_text": low.score_grad_text,
         "grad_terms": low.grad_terms,
+        "has_bwd": "bwd" in attention.kernels,
     }
     text = _environment().get_template("module.py.jinja").render(**context)
     return black.format_str(text, mode=black.Mode(line_length=LINE_LENGTH))
