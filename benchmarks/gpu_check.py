@@ -143,10 +143,10 @@ def determinism(repeats: int = 20) -> list[str]:
 
 # ---- speed ------------------------------------------------------------------------------------
 
-def bench_cases():
+def bench_cases(quick: bool = False):
     """(case, mode, B, H, N, D, attngen spec, kept fraction)"""
     cases = []
-    for D, N in ((128, 4096), (128, 16384), (64, 4096)):
+    for D, N in ((128, 4096), (128, 16384)) if quick else ((128, 4096), (128, 16384), (64, 4096)):
         B, H = max(1, 16384 // N), 2048 // D
         cases.append(("fwd", "full", B, H, N, D, "encoder", 1.0))
         cases.append(("fwd", "causal", B, H, N, D, "llama", 0.5))
@@ -160,7 +160,7 @@ def bench_cases():
     return cases
 
 
-def bench(out_dir: Path) -> list[dict]:
+def bench(out_dir: Path, quick: bool = False) -> list[dict]:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -177,7 +177,7 @@ def bench(out_dir: Path) -> list[dict]:
         torch.cuda.synchronize()
         return do_bench(fn, warmup=25, rep=200, return_mode="median")
 
-    for case, mode, B, H, N, D, spec, frac in bench_cases():
+    for case, mode, B, H, N, D, spec, frac in bench_cases(quick):
         torch._dynamo.reset()
         q, k, v = (torch.randn(B, H, N, D, device=dev, dtype=dt) for _ in range(3))
         flop = 4 * B * H * N * N * D * frac
@@ -266,6 +266,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("part", choices=["correctness", "bench", "determinism", "all"])
     parser.add_argument("--specs", default="", help="comma list of spec names (correctness)")
+    parser.add_argument("--quick", action="store_true", help="bench: skip the D=64 cases")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -291,7 +292,7 @@ def main():
     if args.part in ("determinism", "all"):
         summary.extend(determinism())
     if args.part in ("bench", "all"):
-        rows = bench(out_dir)
+        rows = bench(out_dir, args.quick)
         summary.append(table(rows))
     print("\n".join(summary))
 

