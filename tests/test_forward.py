@@ -1,5 +1,7 @@
-"""The generated Triton forward kernels against the eager reference, through the Triton
-interpreter on a CPU-only machine (on a CUDA machine the same tests run on the GPU).
+"""The generated Triton kernels against the eager reference, through the Triton interpreter on
+a CPU-only machine (on a CUDA machine the same tests run on the GPU): the forward (out and LSE)
+of every example and of inline specs, input validation, a few backward checks (gradients of out
+and LSE, deterministic mode) and autotuning keys across sequence lengths.
 
 Comparison rule (all against a float64 golden: ``op.reference`` on the inputs upcast to float64,
 so input rounding is not counted as kernel error):
@@ -23,7 +25,6 @@ bf16 is not tested: the Triton interpreter mishandles it.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import zlib
 from pathlib import Path
