@@ -61,10 +61,10 @@ def _signature(module, fn, dtype: torch.dtype, head_dim: int) -> tuple[dict, dic
     return sig, attrs
 
 
-def kernels_of(module) -> list[str]:
-    """Names of the generated kernels of a module, in pipeline order."""
-    names = [f"{module.NAME}_fwd"]
-    if hasattr(module, f"{module.NAME}_bwd_dq"):
+def kernels_of(module, which: tuple[str, ...] = ("fwd", "bwd")) -> list[str]:
+    """Names of the generated kernels of a module, in pipeline order (``which``: fwd, bwd)."""
+    names = [f"{module.NAME}_fwd"] if "fwd" in which else []
+    if "bwd" in which and hasattr(module, f"{module.NAME}_bwd_dq"):
         names += [f"_{module.NAME}_bwd_preprocess", f"{module.NAME}_bwd_dkdv",
                   f"{module.NAME}_bwd_dq"]
     return names

@@ -115,7 +115,9 @@ def build(files: tuple[str, ...], out_dir: str, check_only: bool) -> None:
 @click.option("--arch", default=90, show_default=True, help="CUDA compute capability, e.g. 90, 80.")
 @click.option("--dtype", "dtypes", default="", help="Comma list of bf16,fp16,fp32 (default: the spec's).")
 @click.option("--head-dim", "head_dims", default="", help="Comma list (default: the spec's, else 64,128).")
-def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str) -> None:
+@click.option("--kernels", "which", default="fwd,bwd", show_default=True,
+              help="Comma list of kernel groups: fwd, bwd.")
+def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, which: str) -> None:
     """Compile the kernels of spec FILES for a GPU target; no GPU needed.
 
     Fails if a kernel does not compile, or if an fp16/bf16 kernel for sm_90 lacks wgmma.
@@ -134,6 +136,10 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str) 
     from .api import AttentionOp
     from .runtime import SPEC_DTYPES
 
+    groups = tuple(g.strip() for g in which.split(","))
+    if not set(groups) <= {"fwd", "bwd"}:
+        raise click.BadParameter(f"expected a comma list of fwd, bwd; got {which!r}",
+                                 param_hint="--kernels")
     specs, failed = _read_all(files)
     for path, attentions in specs:
         for attention in attentions:
@@ -144,7 +150,7 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str) 
                 list(attention.head_dims or (64, 128))
             dims = [d for d in dims if attention.head_dims is None or d in attention.head_dims] \
                 or list(attention.head_dims)
-            for dtype, dim, kernel in itertools.product(wanted, dims, kernels_of(op.module)):
+            for dtype, dim, kernel in itertools.product(wanted, dims, kernels_of(op.module, groups)):
                 try:
                     k = compile_kernel(op.module, kernel, SPEC_DTYPES[dtype], dim, arch)
                 except Exception as err:  # a compiler failure is reported, not raised

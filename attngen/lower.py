@@ -148,8 +148,9 @@ class _Lowerer:
             else:
                 a, b = self(e.left), self(e.right)
             return f"{_p(a)} {e.op} {_p(b)}"
-        if e.op == "**" and isinstance(e.right, ir.IntLit | ir.FloatLit) \
-                and e.right.value in (0, 1, 2, 3, 4):  # small integer powers: multiplications
+        if e.op == "**" and isinstance(e.right, ir.IntLit | ir.FloatLit) and (
+                e.ty == INT or e.right.value in (0, 1, 2, 3, 4)):
+            # integer powers (the checker makes `int ** literal >= 0` an int): multiplications
             base = _p(self.cast(e.left, e.ty))
             n = int(e.right.value)
             return " * ".join([base] * n) if n else ("1" if e.ty == INT else "1.0")

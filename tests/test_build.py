@@ -232,11 +232,6 @@ def test_generated_module_imports_only_torch_triton_and_runtime(path):
     assert order[0] == "attngen.runtime"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: importing a generated module runs `from attngen import runtime`, and attngen/__init__ "
-    "eagerly imports attngen.api, which pulls in attngen.checker, attngen.parser and lark; "
-    "runtime.py promises it depends 'only on torch (never on the parser or checker)' and "
-    "`attngen build --help` says modules need 'only torch, triton and attngen.runtime'"))
 def test_generated_module_does_not_load_the_compiler_stages(tmp_path):
     proc = _python("""
         import json, sys

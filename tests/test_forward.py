@@ -797,12 +797,6 @@ def test_float_powers():
     assert rel_err(gold, plain) > 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: an integer power with an exponent outside 0..4 (`(kv - q) ** 5`) checks (int ** int "
-    "is an int) and the reference evaluates it, but it lowers to _pow(int32, int32): the "
-    "interpreter fails with ValueError \"Expected dtype ['fp32', 'fp64'] but got int32\" "
-    "(tl.log2 of an int) and compiling for sm_90 fails with libdevice.pow's KeyError "
-    "(int32, int32)"))
 def test_integer_power():
     op = inline("attention ipow { score score + 0.001 * (kv - q) ** 5 }")
     q, k, v = make_qkv(BATCH, 2, 2, 17, 17, 16, torch.float32, seed=3)
