@@ -241,7 +241,8 @@ def test_generated_module_does_not_load_the_compiler_stages(tmp_path):
     """, cwd=tmp_path, ATTNGEN_CACHE_DIR=str(tmp_path / "cache"))
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "attngen.runtime" in loaded
-    assert not [m for m in loaded if m not in ("attngen", "attngen.runtime")], loaded
+    # attngen.errors (SpecError, no dependencies) is the package's only eager import
+    assert not [m for m in loaded if m not in ("attngen", "attngen.errors", "attngen.runtime")], loaded
 
 
 def test_rendering_imports_neither_torch_nor_triton(tmp_path):
