@@ -109,6 +109,37 @@ def _tanh(x):
 
 
 @triton.jit
+def _key_tiles(
+    first_q,
+    kv_len,
+    SKIP_ABOVE_DIAGONAL: tl.constexpr,
+    WINDOW_LEFT: tl.constexpr,
+    MASK_EXACT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Key range a query tile (positions first_q .. first_q + BLOCK_M - 1) can see, as
+    lo <= full_lo <= full_hi <= hi: PARTIAL tiles [lo, full_lo), FULL tiles [full_lo, full_hi)
+    (no bounds checks, no mask math), PARTIAL tiles [full_hi, hi); tile-aligned except hi."""
+    last_q = first_q + BLOCK_M - 1
+    lo = 0
+    hi = kv_len
+    full_lo = 0
+    full_hi = (kv_len // BLOCK_N) * BLOCK_N
+    if SKIP_ABOVE_DIAGONAL:
+        hi = tl.maximum(tl.minimum(kv_len, last_q + 1), 0)
+        full_hi = (tl.maximum(tl.minimum(kv_len, first_q + 1), 0) // BLOCK_N) * BLOCK_N
+    if WINDOW_LEFT >= 0:
+        lo = (tl.maximum(first_q - WINDOW_LEFT, 0) // BLOCK_N) * BLOCK_N
+        full_lo = tl.cdiv(tl.maximum(last_q - WINDOW_LEFT, 0), BLOCK_N) * BLOCK_N
+    if not MASK_EXACT:
+        full_lo = hi  # no FULL tiles: every visited tile evaluates the mask
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
 def _mistral_swa_fwd_tiles(
     acc,
     l_i,
@@ -249,23 +280,10 @@ def mistral_swa_fwd(
     k_base = K + off_b * stride_kb + off_hkv * stride_kh + offs_d[:, None]
     v_base = V + off_b * stride_vb + off_hkv * stride_vh + offs_d[None, :]
 
-    # Key tiles this query tile can see, [lo, hi), and among them the FULL ones, [full_lo, full_hi)
     first_q = pid_m * BLOCK_M + (kv_len - q_len)
-    last_q = first_q + BLOCK_M - 1
-    lo = 0
-    hi = kv_len
-    full_lo = 0
-    full_hi = (kv_len // BLOCK_N) * BLOCK_N
-    if SKIP_ABOVE_DIAGONAL:
-        hi = tl.maximum(tl.minimum(kv_len, last_q + 1), 0)
-        full_hi = (tl.maximum(tl.minimum(kv_len, first_q + 1), 0) // BLOCK_N) * BLOCK_N
-    if WINDOW_LEFT >= 0:
-        lo = (tl.maximum(first_q - WINDOW_LEFT, 0) // BLOCK_N) * BLOCK_N
-        full_lo = tl.cdiv(tl.maximum(last_q - WINDOW_LEFT, 0), BLOCK_N) * BLOCK_N
-    if not MASK_EXACT:
-        full_lo = hi  # no FULL tiles: every visited tile evaluates the mask
-    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
-    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+    lo, full_lo, full_hi, hi = _key_tiles(
+        first_q, kv_len, SKIP_ABOVE_DIAGONAL, WINDOW_LEFT, MASK_EXACT, BLOCK_M, BLOCK_N
+    )
 
     if SCORE_IS_IDENTITY:
         qk_scale = scale * LOG2E
@@ -826,21 +844,9 @@ def mistral_swa_bwd_dq(
 
     # the forward's key ranges: PARTIAL [lo, full_lo), FULL [full_lo, full_hi), PARTIAL [full_hi, hi)
     first_q = pid_m * BLOCK_M + (kv_len - q_len)
-    last_q = first_q + BLOCK_M - 1
-    lo = 0
-    hi = kv_len
-    full_lo = 0
-    full_hi = (kv_len // BLOCK_N) * BLOCK_N
-    if SKIP_ABOVE_DIAGONAL:
-        hi = tl.maximum(tl.minimum(kv_len, last_q + 1), 0)
-        full_hi = (tl.maximum(tl.minimum(kv_len, first_q + 1), 0) // BLOCK_N) * BLOCK_N
-    if WINDOW_LEFT >= 0:
-        lo = (tl.maximum(first_q - WINDOW_LEFT, 0) // BLOCK_N) * BLOCK_N
-        full_lo = tl.cdiv(tl.maximum(last_q - WINDOW_LEFT, 0), BLOCK_N) * BLOCK_N
-    if not MASK_EXACT:
-        full_lo = hi
-    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
-    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+    lo, full_lo, full_hi, hi = _key_tiles(
+        first_q, kv_len, SKIP_ABOVE_DIAGONAL, WINDOW_LEFT, MASK_EXACT, BLOCK_M, BLOCK_N
+    )
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for i in tl.static_range(3):
