@@ -6,8 +6,8 @@ Layout (root: $ATTNGEN_CACHE_DIR, else ~/.cache/attngen):
     <root>/<name>-<key[:24]>/manifest.json    written last: key, sha256 of the module, versions
     <root>/<name>-<key[:24]>.lock             file lock held while rendering the entry
 
-The key hashes the attention's canonical form, the templates and the grammar, and the versions
-of attngen, triton, torch and black. An entry counts only once its manifest is written and the
+The key hashes the attention's canonical form, the templates, the grammar and attngen's own
+code, and the versions of attngen, triton, torch and black. An entry counts only once its manifest is written and the
 module's hash matches it; anything else is rendered again.
 """
 
@@ -50,16 +50,25 @@ def cache_root() -> Path:
         probe.close()
         return root
     except OSError as err:
-        fallback = Path(tempfile.gettempdir()) / f"attngen-cache-{os.getuid()}"
-        fallback.mkdir(parents=True, exist_ok=True)
+        # a private, unpredictable directory: nobody else can plant modules in it
+        fallback = Path(tempfile.mkdtemp(prefix="attngen-cache-"))
         warnings.warn(f"attngen cache directory {root} is not writable ({err}); using {fallback}. "
                       f"Set ATTNGEN_CACHE_DIR to choose another.", stacklevel=3)
         return fallback
 
 
+@cache
+def _code_hash() -> str:
+    """attngen's own generator code: a change to lowering must not serve stale modules."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def cache_key(attention: ir.Attention) -> str:
-    parts = [attention.canonical(), tree_hash("templates"), tree_hash("grammars"), VERSION,
-             _version("triton"), _version("torch"), _version("black")]
+    parts = [attention.canonical(), tree_hash("templates"), tree_hash("grammars"), _code_hash(),
+             VERSION, _version("triton"), _version("torch"), _version("black")]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 

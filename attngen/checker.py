@@ -31,7 +31,11 @@ FUNCTIONS = {**{f: (1, 1) for f in FLOAT_FUNCTIONS}, "abs": (1, 1), "floor": (1,
              "where": (3, 3)}
 MASK_BUILTINS = {"causal": None, "window": (1, 2), "chunk": (1, 1), "document": (1, 1)}
 # Names of the op's own arguments: op(q, k, v, *, scale=None, return_lse=False, **params)
-OP_ARGUMENTS = {"k", "v", "scale", "return_lse", "self", "params"}
+OP_ARGUMENTS = {"k", "v", "scale", "return_lse", "deterministic", "self", "params"}
+# Globals of a generated module, which an attention (its op function) must not shadow
+MODULE_GLOBALS = {"torch", "triton", "tl", "libdevice", "runtime", "NAME", "SPEC", "SPEC_HASH",
+                  "PARAMS", "DTYPES", "HEAD_DIMS", "INF", "LOG2E", "LN2", "FWD_FLAGS",
+                  "BWD_FLAGS", "GRAD_TERMS"}
 RESERVED = set(POSITIONS) | set(CONSTANTS) | set(FUNCTIONS) | set(MASK_BUILTINS) | {"score"}
 
 # Knobs of `blocks` / `tune`, with their allowed values.
@@ -496,9 +500,11 @@ def check(spec: ir.SpecFile) -> list[ir.Attention]:
             errors.append(SpecError(f"duplicate attention '{decl.name}' (first defined at line "
                                     f"{names[decl.name].line})", decl.line, decl.column))
             continue
-        if keyword.iskeyword(decl.name) or decl.name.startswith("_"):
+        if keyword.iskeyword(decl.name) or decl.name.startswith("_") \
+                or decl.name in MODULE_GLOBALS:
             errors.append(SpecError(f"attention name '{decl.name}' is not usable as a Python "
-                                    f"name; choose another", decl.line, decl.column))
+                                    f"name (a keyword, '_'-prefixed, or a name the generated "
+                                    f"module uses); choose another", decl.line, decl.column))
             continue
         names[decl.name] = decl
         checker = _AttentionChecker(decl)

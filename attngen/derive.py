@@ -140,8 +140,12 @@ def derivative(e: ir.Expr, is_target: Callable[[ir.Expr], bool]) -> ir.Expr:
             if _is_lit(b):
                 power = mul(_lit(b.value), ir.Binary("**", _float(a), _lit(b.value - 1), ty=FLOAT))
                 return mul(power, da)
-            term_a = mul(mul(b, ir.Binary("**", _float(a), sub(b, ONE), ty=FLOAT)), da)
-            return add(term_a, mul(mul(e, call("log", a)), db))
+            # torch's pow backward: 0 for the base when b == 0, for the exponent when a == 0 <= b
+            base_grad = where(_cmp("==", b, ZERO), ZERO,
+                              mul(b, ir.Binary("**", _float(a), sub(b, ONE), ty=FLOAT)))
+            exp_grad = where(ir.Binary("&", _cmp("==", a, ZERO), _cmp(">=", b, ZERO), ty=BOOL),
+                             ZERO, mul(e, call("log", a)))
+            return add(mul(base_grad, da), mul(exp_grad, db))
         raise TypeError(f"no derivative rule for operator {e.op!r}")
     if isinstance(e, ir.Call):
         return _call_derivative(e, d)

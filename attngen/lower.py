@@ -232,8 +232,9 @@ def _provably_in_range(index: ir.Expr, dim: str | int) -> bool:
         return 0 <= index.value < dim
     if isinstance(index, ir.Call) and index.func == "clamp" and isinstance(dim, int):
         _, lo, hi = index.args
-        return isinstance(lo, ir.IntLit) and isinstance(hi, ir.IntLit) and 0 <= lo.value \
-            and hi.value < dim
+        # clamp(x, lo, hi) = min(max(x, lo), hi) lies in [min(lo, hi), hi]
+        return isinstance(lo, ir.IntLit) and isinstance(hi, ir.IntLit) \
+            and 0 <= min(lo.value, hi.value) and hi.value < dim
     return False
 
 
@@ -267,7 +268,8 @@ def _key_range(mask: ir.Expr) -> tuple[bool, int | None, bool]:
                 upper = True
                 continue
             if _is_name(c.right, "kv") and isinstance(c.left, ir.Binary) and c.left.op == "-" \
-                    and _is_name(c.left.left, "q") and isinstance(c.left.right, ir.IntLit):
+                    and _is_name(c.left.left, "q") and isinstance(c.left.right, ir.IntLit) \
+                    and c.left.right.value >= 0:  # templates read WINDOW_LEFT < 0 as "none"
                 n = c.left.right.value
                 left = n if left is None else min(left, n)
                 continue
@@ -289,7 +291,7 @@ def _grad_terms(attention: ir.Attention, lowerer: _Lowerer) -> tuple[GradTerm, .
         if isinstance(node, ir.Index):
             param = attention.param(node.param)
             offset, valid = lowerer.index_parts(node, contiguous_strides(param.dims))
-            varying = any(_is_name(n, "q") or _is_name(n, "kv")
+            varying = any(_is_name(n, "q") or _is_name(n, "kv") or _is_name(n, "score")
                           for i in node.indices for n in ir.walk(i))
             name = node.param
         else:

@@ -70,12 +70,10 @@ def _floor_mod(a, b):
 def _pow(a, b):
     if _INTERPRET_TL:  # libdevice does not run in the interpreter: exp2/log2 with pow's signs
         magnitude = tl.exp2(b * tl.log2(tl.abs(a)))
-        integral = tl.floor(b) == b
-        odd = integral & ((tl.abs(b) - 2.0 * tl.floor(tl.abs(b) / 2.0)) == 1.0)
-        signed = tl.where(odd, -magnitude, magnitude)
-        negative = tl.where(integral, signed, float("nan"))
+        odd = (tl.abs(b) - 2.0 * tl.floor(tl.abs(b) / 2.0)) == 1.0  # an odd integer exponent
+        negative = tl.where(tl.floor(b) == b, tl.where(odd, -magnitude, magnitude), float("nan"))
         result = tl.where(a < 0, negative, magnitude)
-        return tl.where((a == 0) & (b == 0), 1.0, result)
+        return tl.where(a == 0, tl.where(b == 0, 1.0, result), result)
     else:
         return libdevice.pow(a, b)
 

@@ -173,3 +173,61 @@ def test_spec_without_bwd_kernels_refuses_backward():
     q = torch.randn(1, 2, 8, 16, requires_grad=True)
     with pytest.raises(NotImplementedError, match="kernels"):
         op(q, q, q).sum().backward()
+
+
+# ---- regressions found in review ---------------------------------------------------------------
+
+REGRESSIONS = {
+    # a hand-written lower bound with a negative literal is not a window: the mask must stay
+    "negative_literal_bound": ("attention r1 { mask q - (-2) <= kv  blocks fwd(m=16, n=16), "
+                               "bwd(m=16, n=16) }", 64, 64, {}),
+    # padding query rows of a FULL dQ tile must not feed NaN into a param gradient
+    "param_grad_with_padding_rows": ("attention r2 { param bias: f32[H] grad  score score + "
+                                     "bias[h]  blocks fwd(m=16, n=16), bwd(m=16, n=16) }", 20, 32,
+                                     {"bias": torch.full((2,), 100.0)}),
+    # torch's pow backward at base 0: no NaN from 0 * log(0)
+    "pow_at_base_zero": ("attention r3 { param e: f32[H] grad  score score + (max(kv - q + 2, 0) "
+                         "* 1.0) ** (e[h] + kv * 0.0)  mask causal }", 32, 32,
+                         {"e": torch.tensor([1.5, 2.0])}),
+    # a grad param read at a score-dependent index varies over the tile
+    "score_dependent_index": ("attention r4 { param t: f32[8] grad  score score + "
+                              "t[clamp(floor(score * 2.0) + 4, 0, 7)] }", 32, 32,
+                              {"t": torch.randn(8, generator=torch.Generator().manual_seed(0))}),
+}
+
+
+@pytest.mark.parametrize("key", sorted(REGRESSIONS))
+def test_review_regressions(key):
+    text, M, N, params = REGRESSIONS[key]
+    op = _op(text)
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 2, M, 16, generator=gen)
+    k, v = (torch.randn(1, 1, N, 16, generator=gen) for _ in range(2))
+    d_out = torch.randn(1, 2, M, 16, generator=gen)
+    zeros = torch.zeros(1, 2, M)
+    kernel = _grads(op, q, k, v, params, d_out, zeros, golden=False)
+    golden = _grads(op, q, k, v, params, d_out, zeros, golden=True)
+    out, gold = op(q, k, v, **params), op.reference(q.double(), k.double(), v.double(), **params)
+    assert (out.double() - gold).abs().max().item() <= 1e-4 * max(gold.abs().max().item(), 1.0)
+    for name, g in golden.items():
+        assert not torch.isnan(kernel[name]).any(), name
+        err = (kernel[name].double() - g.double()).abs().max().item()
+        assert err <= TOL * max(g.double().abs().max().item(), 1.0), (name, err)
+
+
+def test_power_with_a_scalar_param_exponent_and_negative_clamp_index():
+    op = _op("attention r5 { param e: f32  param t: f32[4]  score score + max(score, 0.0) ** e "
+             "+ t[clamp(kv, 0, -1)] }")
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 8, 16, generator=gen) for _ in range(3))
+    params = {"e": torch.tensor(1.5), "t": torch.arange(8.0)[4:]}  # t[-1] is outside: reads 0
+    out = op(q, k, v, **params)
+    gold = op.reference(q.double(), k.double(), v.double(), **params)
+    assert (out.double() - gold).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("text", ["attention torch { mask causal }", "attention tl { }",
+                                  "attention x { param deterministic: f32[H] }"])
+def test_names_the_generated_module_needs_are_refused(text):
+    with pytest.raises(attngen.SpecError):
+        attngen.parse_and_check(text)
