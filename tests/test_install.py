@@ -37,16 +37,17 @@ def _log(proc) -> str:
 
 
 def _build_wheel(repo: Path, out: Path) -> Path:
-    """``python -m build --wheel``; failing that, ``pip wheel --no-deps --no-build-isolation``.
-    Skips only when both fail because no package index can be reached."""
-    first = _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(repo)])
+    """``pip wheel --no-deps --no-build-isolation`` (hatchling comes with the test extras);
+    failing that, ``python -m build --wheel``. Skips only when both fail for lack of a package
+    index."""
+    first = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                  "--wheel-dir", str(out), str(repo)])
     if first.returncode != 0:
-        second = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                       "--wheel-dir", str(out), str(repo)])
+        second = _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(repo)])
         if second.returncode != 0:
-            offline = any(s in _log(first) for s in _NETWORK_SIGNS) or \
-                "No module named build" in first.stderr
-            backendless = any(s in _log(second) for s in _NETWORK_SIGNS + _NO_BACKEND_SIGNS)
+            backendless = any(s in _log(first) for s in _NETWORK_SIGNS + _NO_BACKEND_SIGNS)
+            offline = any(s in _log(second) for s in _NETWORK_SIGNS) or \
+                "No module named build" in second.stderr
             if offline and backendless:
                 pytest.skip("cannot build the wheel without a package index: `python -m build` "
                             "needs to download hatchling and the venv has no hatchling for "
