@@ -6,6 +6,9 @@ Every error names the argument, what was expected and what was received.
 
 from __future__ import annotations
 
+import itertools
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -140,9 +143,6 @@ def default_scale(scale: float | None, head_dim: int) -> float:
 
 # ---- kernels: devices, the interpreter, autotuning ------------------------------------------------
 
-import itertools  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
 
 # Default search spaces: (BLOCK_M, BLOCK_N, num_warps, num_stages). BLOCK_M 128 with BLOCK_N 64,
 # 4 warps, 2-3 stages won most shapes of a plain FA2 forward on an H100. The backward's two
