@@ -51,6 +51,12 @@ def _signature(module, fn, dtype: torch.dtype, head_dim: int) -> tuple[dict, dic
             sig[name] = "*fp32"
         elif name.startswith("p_") and name[2:] in params:
             sig[name] = f"*{_TRITON_TYPES[TORCH_DTYPES[params[name[2:]].dtype]]}"
+        elif name == "Trace":
+            sig[name] = "*i8"
+        elif name.startswith(("doc_runs_", "doc_sorted_")) or name in ("Runs", "Sorted"):
+            sig[name] = "*i32"
+        elif name == "Ids":  # the document runs kernel reads a document table
+            sig[name] = f"*{_TRITON_TYPES[TORCH_DTYPES[params[module.DOCUMENTS[0]].dtype]]}"
         elif name == "scale":
             sig[name] = "fp32"
         else:  # strides, sizes, buckets
@@ -63,7 +69,10 @@ def _signature(module, fn, dtype: torch.dtype, head_dim: int) -> tuple[dict, dic
 
 def kernels_of(module, which: tuple[str, ...] = ("fwd", "bwd")) -> list[str]:
     """Names of the generated kernels of a module, in pipeline order (``which``: fwd, bwd)."""
-    names = [f"{module.NAME}_fwd"] if "fwd" in which else []
+    names = []
+    if "fwd" in which:
+        names += ["_document_runs"] if module.DOCUMENTS else []
+        names.append(f"{module.NAME}_fwd")
     if "bwd" in which and hasattr(module, f"{module.NAME}_bwd_dq"):
         names += [f"_{module.NAME}_bwd_preprocess", f"{module.NAME}_bwd_dkdv",
                   f"{module.NAME}_bwd_dq"]
@@ -85,6 +94,10 @@ def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch:
         num_warps, num_stages = config.num_warps, config.num_stages
         label = (f"m={config.kwargs['BLOCK_M']} n={config.kwargs['BLOCK_N']} "
                  f"warps={num_warps} stages={num_stages}")
+    elif kernel == "_document_runs":  # metadata of document masks: fixed launch
+        fn = obj
+        constants = {"BLOCK": 1024}
+        num_warps, num_stages, label = 4, 1, "block=1024"
     else:  # the backward's preprocess kernel: fixed launch
         fn = obj
         constants.update(HAS_DLSE=True, BLOCK_M=64)

@@ -74,9 +74,6 @@ class Lowered:
     score_is_identity: bool  # score == score: fold log2(e) into the scale
     score_uses_score: bool
     params: tuple[KernelParam, ...]
-    causal_upper: bool  # the mask implies kv <= q: keys past the tile's last query are skipped
-    window_left: int | None  # the mask implies q - window_left <= kv: earlier keys are skipped
-    mask_exact: bool  # the mask is exactly those bounds: tiles inside them need no mask math
     score_t: str  # the score hook for transposed tiles (the dK/dV kernel)
     mask_t: str | None
     score_grad: str | None  # Triton: d score' / d score; None when it is the constant 1
@@ -101,7 +98,7 @@ def _p(text: str) -> str:
     return text if _is_atom(text) else f"({text})"
 
 
-class _Lowerer:
+class Lowerer:
     def __init__(self, attention: ir.Attention, names: dict[str, str] = NAMES):
         self.attention = attention
         self.names = names
@@ -238,52 +235,11 @@ def _provably_in_range(index: ir.Expr, dim: str | int) -> bool:
     return False
 
 
-def _conjuncts(e: ir.Expr):
-    if isinstance(e, ir.Binary) and e.op == "&":
-        yield from _conjuncts(e.left)
-        yield from _conjuncts(e.right)
-    else:
-        yield e
-
-
 def _is_name(e: ir.Expr, name: str) -> bool:
     return isinstance(e, ir.Name) and e.id == name
 
 
-def _key_range(mask: ir.Expr) -> tuple[bool, int | None, bool]:
-    """Key bounds the mask implies for every query, read off its top-level conjuncts.
-
-    ``kv <= q`` bounds keys above; ``q - n <= kv`` (n a literal) bounds them below. Returns
-    (upper, left, exact): exact when the mask says nothing beyond these bounds (``kv <= q + n``
-    with n >= 0 adds nothing to ``kv <= q``), so tiles inside the bounds are FULL. The general
-    tile classification (any affine form, document masks) belongs to the sparsity analysis.
-    """
-    upper, left = False, None
-    leftover = []
-    for c in _conjuncts(mask):
-        if isinstance(c, ir.BoolLit) and c.value:
-            continue
-        if isinstance(c, ir.Binary) and c.op == "<=":
-            if _is_name(c.left, "kv") and _is_name(c.right, "q"):
-                upper = True
-                continue
-            if _is_name(c.right, "kv") and isinstance(c.left, ir.Binary) and c.left.op == "-" \
-                    and _is_name(c.left.left, "q") and isinstance(c.left.right, ir.IntLit) \
-                    and c.left.right.value >= 0:  # templates read WINDOW_LEFT < 0 as "none"
-                n = c.left.right.value
-                left = n if left is None else min(left, n)
-                continue
-        leftover.append(c)
-    exact = all(_is_name(c.left, "kv") and isinstance(c.right, ir.Binary) and c.right.op == "+"
-                and _is_name(c.right.left, "q") and isinstance(c.right.right, ir.IntLit)
-                and c.right.right.value >= 0
-                for c in leftover if isinstance(c, ir.Binary) and c.op == "<=") \
-        and all(isinstance(c, ir.Binary) and c.op == "<=" for c in leftover) \
-        and (upper or not leftover)
-    return upper, left, exact
-
-
-def _grad_terms(attention: ir.Attention, lowerer: _Lowerer) -> tuple[GradTerm, ...]:
+def _grad_terms(attention: ir.Attention, lowerer: Lowerer) -> tuple[GradTerm, ...]:
     grad_params = {p.name for p in attention.params if p.grad}
     terms = []
     for slot, node in enumerate(derive.param_occurrences(attention.score, grad_params)):
@@ -302,8 +258,8 @@ def _grad_terms(attention: ir.Attention, lowerer: _Lowerer) -> tuple[GradTerm, .
 
 
 def lower(attention: ir.Attention) -> Lowered:
-    lowerer = _Lowerer(attention)
-    transposed = _Lowerer(attention, NAMES_TRANSPOSED)
+    lowerer = Lowerer(attention)
+    transposed = Lowerer(attention, NAMES_TRANSPOSED)
     score_uses_score = any(_is_name(n, "score") for n in ir.walk(attention.score))
     score = lowerer.cast(attention.score, FLOAT)
     keeps_all = isinstance(attention.mask, ir.BoolLit) and attention.mask.value
@@ -311,10 +267,8 @@ def lower(attention: ir.Attention) -> Lowered:
     score_grad = derive.score_derivative(attention.score)
     grad_is_one = isinstance(score_grad, ir.FloatLit) and score_grad.value == 1.0
     params = tuple(KernelParam(p.name, p.dtype, len(p.dims), p.grad) for p in attention.params)
-    upper, left, exact = _key_range(attention.mask)
     return Lowered(score=score, mask=mask, score_is_identity=_is_name(attention.score, "score"),
-                   score_uses_score=score_uses_score, params=params, causal_upper=upper,
-                   window_left=left, mask_exact=exact,
+                   score_uses_score=score_uses_score, params=params,
                    score_t=transposed.cast(attention.score, FLOAT),
                    mask_t=None if keeps_all else transposed(attention.mask),
                    score_grad=None if grad_is_one else lowerer.cast(score_grad, FLOAT),

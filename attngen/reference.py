@@ -126,6 +126,34 @@ class _Evaluator:
         return self.as_ty(value, e.ty)
 
 
+def _environment(shapes: Shapes, tensors: dict, device) -> dict:
+    B, H, M, N = shapes.batch, shapes.heads_q, shapes.q_len, shapes.kv_len
+    heads = torch.arange(H, device=device).view(1, H, 1, 1)
+    env = {
+        "b": torch.arange(B, device=device).view(B, 1, 1, 1),
+        "h": heads,
+        "hkv": heads // shapes.group,
+        # bottom-right alignment: query row i sits at absolute position i + kv_len - q_len
+        "q": torch.arange(M, device=device).view(1, 1, M, 1) + (N - M),
+        "kv": torch.arange(N, device=device).view(1, 1, 1, N),
+        "q_len": torch.tensor(M, device=device),
+        "kv_len": torch.tensor(N, device=device),
+    }
+    env.update({name: t for name, t in tensors.items() if t.ndim == 0})
+    return env
+
+
+def mask_grid(attention: ir.Attention, shapes: Shapes, **params) -> torch.Tensor:
+    """The spec's mask evaluated densely: bool [B, Hq, q_len, kv_len], true keeps."""
+    specs = [ParamSpec(p.name, p.dtype, p.dims, p.grad) for p in attention.params]
+    some = next(iter(params.values()), None)
+    device = some.device if isinstance(some, torch.Tensor) else torch.device("cpu")
+    tensors = check_params(f"{attention.name}.mask_grid", specs, params, shapes, device)
+    env = _environment(shapes, tensors, device)
+    keep = _Evaluator(env, tensors, torch.float64, device)(attention.mask)
+    return keep.expand(shapes.batch, shapes.heads_q, shapes.q_len, shapes.kv_len)
+
+
 def reference(attention: ir.Attention, q, k, v, *, scale=None, return_lse=False, **params):
     """Dense evaluation of ``attention``: softmax over keys of score' where the mask keeps.
 
@@ -144,19 +172,8 @@ def reference(attention: ir.Attention, q, k, v, *, scale=None, return_lse=False,
     v_full = v.repeat_interleave(shapes.group, dim=1)
     score = torch.matmul(q, k_full.transpose(-1, -2)) * default_scale(scale, shapes.head_dim)
 
-    heads = torch.arange(H, device=device).view(1, H, 1, 1)
-    env = {
-        "b": torch.arange(B, device=device).view(B, 1, 1, 1),
-        "h": heads,
-        "hkv": heads // shapes.group,
-        # bottom-right alignment: query row i sits at absolute position i + kv_len - q_len
-        "q": torch.arange(M, device=device).view(1, 1, M, 1) + (N - M),
-        "kv": torch.arange(N, device=device).view(1, 1, 1, N),
-        "q_len": torch.tensor(M, device=device),
-        "kv_len": torch.tensor(N, device=device),
-        "score": score,
-    }
-    env.update({name: t for name, t in tensors.items() if t.ndim == 0})
+    env = _environment(shapes, tensors, device)
+    env["score"] = score
     keep = _Evaluator(env, tensors, dtype, device)(attention.mask).expand(B, H, M, N)
     # The score is evaluated only where the mask keeps: a score expression that is not finite at
     # masked entries (score / (q - kv) under kv < q) then cannot leak NaN into gradients.

@@ -15,6 +15,7 @@ import jinja2
 
 from . import ir
 from .lower import lower
+from .sparsity import analyse
 from .resources import templates_dir
 
 VERSION = "0.1.0"
@@ -47,6 +48,7 @@ def _knobs(configs: tuple[ir.KernelConfig, ...], kernel: str, as_list: bool) -> 
 def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
     """The generated Python module for one attention, formatted."""
     low = lower(attention)
+    sparsity = analyse(attention)
     context = {
         "version": VERSION,
         "name": attention.name,
@@ -68,9 +70,9 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "mask_hook": low.mask if low.mask is not None else "True",
         "has_mask": low.mask is not None,
         "score_is_identity": low.score_is_identity,
-        "causal_upper": low.causal_upper,
-        "window_left": -1 if low.window_left is None else low.window_left,
-        "mask_exact": low.mask_exact,
+        "key_range": sparsity.key_range,
+        "query_range": sparsity.query_range,
+        "documents": sparsity.documents,
         "fwd_fixed": _knobs(attention.blocks, "fwd", as_list=False),
         "fwd_space": _knobs(attention.tune, "fwd", as_list=True),
         "bwd_fixed": _knobs(attention.blocks, "bwd", as_list=False),

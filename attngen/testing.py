@@ -49,3 +49,32 @@ def mean_abs_error(x: torch.Tensor, golden: torch.Tensor) -> float:
 def within_rule(kernel_err: float, reference_err: float, *, factor: float = 1.1,
                 floor: float = 1e-5) -> bool:
     return kernel_err <= factor * reference_err + floor
+
+
+EMPTY, PARTIAL, FULL = 0, 1, 2  # tile classes, as the kernels' trace_tiles reports them
+
+
+def tile_classes(keep: torch.Tensor, block_m: int, block_n: int, *, transposed: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brute-force tile classes of a dense mask ``keep`` [B, H, M, N] (true keeps).
+
+    Returns (nonempty, full) as bool [B, H, cdiv(M, block_m), cdiv(N, block_n)]: ``nonempty``
+    where some in-bounds element is kept (the tiles a kernel must visit), ``full`` where every
+    in-bounds element is kept and the tile lies inside the sequence along the loop's axis (keys
+    for the forward and dQ kernels, queries for the dK/dV kernel, ``transposed``): the tiles a
+    kernel may run with no mask math and no bounds checks.
+    """
+    B, H, M, N = keep.shape
+    tm, tn = -(-M // block_m), -(-N // block_n)
+    padded = torch.ones(B, H, tm * block_m, tn * block_n, dtype=torch.bool)
+    padded[:, :, :M, :N] = keep.cpu()
+    inside = torch.zeros_like(padded)
+    inside[:, :, :M, :N] = True
+    padded_kept = padded & inside
+    tiles = lambda t: t.view(B, H, tm, block_m, tn, block_n)  # noqa: E731
+    nonempty = tiles(padded_kept).any(5).any(3)
+    full = tiles(padded).all(5).all(3)
+    rows_inside = torch.arange(tm) * block_m + block_m <= M
+    cols_inside = torch.arange(tn) * block_n + block_n <= N
+    full &= (rows_inside[:, None] if transposed else cols_inside[None, :])
+    return nonempty, full & nonempty

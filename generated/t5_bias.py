@@ -45,11 +45,12 @@ _INTERPRET_TL = tl.constexpr(_INTERPRET)
 FWD_FLAGS = dict(
     SCORE_IS_IDENTITY=False,
     HAS_MASK=False,
-    SKIP_ABOVE_DIAGONAL=False,
-    WINDOW_LEFT=-1,
-    MASK_EXACT=True,
+    TRACE=False,
 )
 BWD_FLAGS = dict(FWD_FLAGS, SCORE_GRAD_IS_ONE=True)
+BIG = tl.constexpr(2**30)  # an unbounded end of a position range (see the sparsity analysis)
+# document-id tables the mask compares (`T[b, q] == T[b, kv]`): the kernels read their runs
+DOCUMENTS = ()
 # reads of `grad` params in the score: (param, varying); varying reads accumulate with atomics
 GRAD_TERMS = (("table", True),)
 
@@ -88,6 +89,10 @@ def _tanh(x):
         return libdevice.tanh(x)
 
 
+def _documents(params, shapes):
+    return []
+
+
 # ---- forward kernel ------------------------------------------------------------------------------
 # Notation (FlashAttention-2 forward, one program per (query tile, batch * query head)):
 #   Q [B, Hq, M, D], K and V [B, Hkv, N, D], Out [B, Hq, M, D], Lse [B, Hq, M] (natural log, fp32)
@@ -97,10 +102,12 @@ def _tanh(x):
 # Flags (constexpr):
 #   SCORE_IS_IDENTITY    the spec's score is `score`: log2(e) is folded into the scale
 #   HAS_MASK             the spec's mask is not `all`: evaluate it on PARTIAL tiles
-#   SKIP_ABOVE_DIAGONAL  the mask implies kv <= q: stop at the tile's last query position
-#   WINDOW_LEFT          >= 0 when the mask implies q - WINDOW_LEFT <= kv: start there
-#   MASK_EXACT           the mask is exactly those bounds, so tiles inside them are FULL: no mask
-#                        math, no bounds checks; otherwise every visited tile is PARTIAL
+#   TRACE                debugging: record every visited tile's class in Trace (1 PARTIAL, 2 FULL)
+# Tile classes come from the sparsity analysis of the mask (attngen/sparsity.py), emitted below as
+# statements that bound the key positions a query tile [first_q, last_q] can see: keys outside
+# [lo, hi) are EMPTY for every query of the tile (skipped: no loads, no math), keys inside
+# [full_lo, full_hi) are kept for all of them (FULL tiles: no mask math, no bounds checks), the
+# rest are PARTIAL. Document masks read per-position runs of equal ids (doc_runs_*, O(N)).
 #   EVEN_D               HEAD_DIM == BLOCK_D: loads need no head-dim mask
 #   PRECISION            tl.dot input precision ("ieee" for fp32 inputs)
 # Scores run in fp32 in the log2 domain (exp2); the online softmax keeps a row max m_i and sum l_i.
@@ -109,33 +116,19 @@ def _tanh(x):
 
 
 @triton.jit
-def _key_tiles(
-    first_q,
-    kv_len,
-    SKIP_ABOVE_DIAGONAL: tl.constexpr,
-    WINDOW_LEFT: tl.constexpr,
-    MASK_EXACT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """Key range a query tile (positions first_q .. first_q + BLOCK_M - 1) can see, as
-    lo <= full_lo <= full_hi <= hi: PARTIAL tiles [lo, full_lo), FULL tiles [full_lo, full_hi)
-    (no bounds checks, no mask math), PARTIAL tiles [full_hi, hi); tile-aligned except hi."""
-    last_q = first_q + BLOCK_M - 1
-    lo = 0
-    hi = kv_len
-    full_lo = 0
-    full_hi = (kv_len // BLOCK_N) * BLOCK_N
-    if SKIP_ABOVE_DIAGONAL:
-        hi = tl.maximum(tl.minimum(kv_len, last_q + 1), 0)
-        full_hi = (tl.maximum(tl.minimum(kv_len, first_q + 1), 0) // BLOCK_N) * BLOCK_N
-    if WINDOW_LEFT >= 0:
-        lo = (tl.maximum(first_q - WINDOW_LEFT, 0) // BLOCK_N) * BLOCK_N
-        full_lo = tl.cdiv(tl.maximum(last_q - WINDOW_LEFT, 0), BLOCK_N) * BLOCK_N
-    if not MASK_EXACT:
-        full_lo = hi  # no FULL tiles: every visited tile evaluates the mask
+def _tile_ranges(lo, full_lo, full_hi, hi, first, end, BLOCK: tl.constexpr):
+    """Position ranges from the mask analysis -> tile ranges of indices (index = position - first):
+    PARTIAL [lo, full_lo), FULL [full_lo, full_hi), PARTIAL [full_hi, hi). lo, full_lo and full_hi
+    are multiples of BLOCK; FULL tiles lie inside [first, end); nothing to visit gives [0, 0)."""
+    hi = tl.minimum(hi, end) - first
+    lo = tl.maximum(lo, first) - first
+    visit = hi > lo
+    hi = tl.where(visit, hi, 0)
+    lo = tl.where(visit, (lo // BLOCK) * BLOCK, 0)
+    full_lo = tl.cdiv(tl.maximum(full_lo, first) - first, BLOCK) * BLOCK
+    full_hi = ((tl.minimum(full_hi, end) - first) // BLOCK) * BLOCK
     full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
-    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+    full_hi = tl.maximum(tl.minimum(full_hi, (hi // BLOCK) * BLOCK), full_lo)
     return lo, full_lo, full_hi, hi
 
 
@@ -166,16 +159,20 @@ def _t5_bias_fwd_tiles(
     end,
     offs_n,
     d_valid,
+    trace,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     HAS_MASK: tl.constexpr,
     PARTIAL: tl.constexpr,
     EVEN_D: tl.constexpr,
+    TRACE: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """Online softmax over key tiles [start, end): PARTIAL tiles check bounds and the mask."""
     for start_n in range(start, end, BLOCK_N):
         kv_pos = start_n + offs_n
+        if TRACE:
+            tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL)
         if PARTIAL:
             n_valid = kv_pos < kv_len
             k = tl.load(
@@ -231,6 +228,7 @@ def t5_bias_fwd(
     V,
     Out,
     Lse,
+    Trace,
     stride_qb,
     stride_qh,
     stride_qm,
@@ -259,9 +257,7 @@ def t5_bias_fwd(
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     HAS_MASK: tl.constexpr,
-    SKIP_ABOVE_DIAGONAL: tl.constexpr,
-    WINDOW_LEFT: tl.constexpr,
-    MASK_EXACT: tl.constexpr,
+    TRACE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -285,10 +281,15 @@ def t5_bias_fwd(
     k_base = K + off_b * stride_kb + off_hkv * stride_kh + offs_d[:, None]
     v_base = V + off_b * stride_vb + off_hkv * stride_vh + offs_d[None, :]
 
+    # key positions this query tile sees (positions first_q..last_q; see the notation block)
     first_q = pid_m * BLOCK_M + (kv_len - q_len)
-    lo, full_lo, full_hi, hi = _key_tiles(
-        first_q, kv_len, SKIP_ABOVE_DIAGONAL, WINDOW_LEFT, MASK_EXACT, BLOCK_M, BLOCK_N
-    )
+    last_q = tl.minimum(first_q + BLOCK_M - 1, kv_len - 1)
+    lo = -BIG
+    full_lo = -BIG
+    full_hi = BIG
+    hi = BIG
+    lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
+    trace = Trace + (pid_bh * tl.cdiv(q_len, BLOCK_M) + pid_m) * tl.cdiv(kv_len, BLOCK_N)
 
     if SCORE_IS_IDENTITY:
         qk_scale = scale * LOG2E
@@ -334,11 +335,13 @@ def t5_bias_fwd(
             end,
             offs_n,
             d_valid,
+            trace,
             PRECISION,
             SCORE_IS_IDENTITY,
             HAS_MASK,
             i != 1,
             HEAD_DIM == BLOCK_D,
+            TRACE,
             BLOCK_N,
         )
 
@@ -366,7 +369,8 @@ def t5_bias_fwd(
 # tile and loops over key tiles, and also accumulates the gradients of `grad` params:
 #   per-program partial sums (reduced in a fixed order on the host) when a read's index is the
 #   same over the tile, atomics into an fp32 buffer when it varies with q or kv.
-# Tile classification is the forward's: FULL tiles skip bounds checks and mask math.
+# Tile classification is the forward's (the dK/dV kernel uses the transposed ranges: query
+# positions per key tile): EMPTY tiles are skipped, FULL tiles skip bounds checks and mask math.
 # [Note] fully masked rows have Lse = -inf: the kernels use 0 instead, so every P of the row is
 # exp2(-inf) = 0 and the row contributes no gradient.
 
@@ -447,17 +451,22 @@ def _t5_bias_bwd_dkdv_tiles(
     scale,
     start,
     end,
+    trace,
+    trace_stride,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     SCORE_GRAD_IS_ONE: tl.constexpr,
     HAS_MASK: tl.constexpr,
     PARTIAL: tl.constexpr,
     EVEN_D: tl.constexpr,
+    TRACE: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
     """dK, dV contributions of query tiles [start, end) of one query head (tiles transposed)."""
     for start_m in range(start, end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
+        if TRACE:
+            tl.store(trace + (start_m // BLOCK_M) * trace_stride, 2 - PARTIAL)
         q_pos = offs_m + (kv_len - q_len)
         if PARTIAL:
             m_valid = offs_m < q_len
@@ -531,6 +540,7 @@ def t5_bias_bwd_dkdv(
     Delta,
     DK,
     DV,
+    Trace,
     stride_qb,
     stride_qh,
     stride_qm,
@@ -566,9 +576,7 @@ def t5_bias_bwd_dkdv(
     SCORE_IS_IDENTITY: tl.constexpr,
     SCORE_GRAD_IS_ONE: tl.constexpr,
     HAS_MASK: tl.constexpr,
-    SKIP_ABOVE_DIAGONAL: tl.constexpr,
-    WINDOW_LEFT: tl.constexpr,
-    MASK_EXACT: tl.constexpr,
+    TRACE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -597,32 +605,24 @@ def t5_bias_bwd_dkdv(
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    # Query rows that see this key tile, [lo, hi), and among them the FULL tiles, [full_lo, full_hi)
-    shift = kv_len - q_len  # query row i sits at position i + shift
+    # query positions that see this key tile (positions first_kv..last_kv), per query head as the
+    # mask may depend on it; rows are positions - (kv_len - q_len)
     first_kv = pid_n * BLOCK_N
-    last_kv = first_kv + BLOCK_N - 1
-    lo = 0
-    hi = q_len
-    full_lo = 0
-    full_hi = (q_len // BLOCK_M) * BLOCK_M
-    if SKIP_ABOVE_DIAGONAL:  # kv <= q
-        lo = (tl.maximum(first_kv - shift, 0) // BLOCK_M) * BLOCK_M
-        full_lo = tl.cdiv(tl.maximum(last_kv - shift, 0), BLOCK_M) * BLOCK_M
-    if WINDOW_LEFT >= 0:  # q <= kv + WINDOW_LEFT
-        hi = tl.minimum(q_len, tl.maximum(last_kv + WINDOW_LEFT - shift + 1, 0))
-        full_hi = tl.minimum(
-            full_hi, (tl.maximum(first_kv + WINDOW_LEFT - shift + 1, 0) // BLOCK_M) * BLOCK_M
-        )
-    if not MASK_EXACT:
-        full_lo = hi
-    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
-    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
-
+    last_kv = tl.minimum(first_kv + BLOCK_N - 1, kv_len - 1)
     for g in range(group):
         off_h = off_hkv * group + g
         q_head = Q + off_b * stride_qb + off_h * stride_qh
         do_head = DO + off_b * stride_dob + off_h * stride_doh
         row = (off_b * heads_q + off_h) * q_len
+        lo = -BIG
+        full_lo = -BIG
+        full_hi = BIG
+        hi = BIG
+        lo, full_lo, full_hi, hi = _tile_ranges(
+            lo, full_lo, full_hi, hi, kv_len - q_len, kv_len, BLOCK_M
+        )
+        trace_stride = tl.cdiv(kv_len, BLOCK_N)
+        trace = Trace + (off_b * heads_q + off_h) * tl.cdiv(q_len, BLOCK_M) * trace_stride + pid_n
         for i in tl.static_range(3):
             if i == 0:
                 start = lo
@@ -662,12 +662,15 @@ def t5_bias_bwd_dkdv(
                 scale,
                 start,
                 end,
+                trace,
+                trace_stride,
                 PRECISION,
                 SCORE_IS_IDENTITY,
                 SCORE_GRAD_IS_ONE,
                 HAS_MASK,
                 i != 1,
                 HEAD_DIM == BLOCK_D,
+                TRACE,
                 BLOCK_M,
             )
 
@@ -722,18 +725,22 @@ def _t5_bias_bwd_dq_tiles(
     end,
     offs_n,
     d_valid,
+    trace,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     SCORE_GRAD_IS_ONE: tl.constexpr,
     HAS_MASK: tl.constexpr,
     PARTIAL: tl.constexpr,
     EVEN_D: tl.constexpr,
+    TRACE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """dQ (and param-gradient) contributions of key tiles [start, end)."""
     for start_n in range(start, end, BLOCK_N):
         kv_pos = start_n + offs_n
+        if TRACE:
+            tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL)
         if PARTIAL:
             n_valid = kv_pos < kv_len
             k = tl.load(
@@ -814,6 +821,7 @@ def t5_bias_bwd_dq(
     Lse,
     Delta,
     DQ,
+    Trace,
     stride_qb,
     stride_qh,
     stride_qm,
@@ -849,9 +857,7 @@ def t5_bias_bwd_dq(
     SCORE_IS_IDENTITY: tl.constexpr,
     SCORE_GRAD_IS_ONE: tl.constexpr,
     HAS_MASK: tl.constexpr,
-    SKIP_ABOVE_DIAGONAL: tl.constexpr,
-    WINDOW_LEFT: tl.constexpr,
-    MASK_EXACT: tl.constexpr,
+    TRACE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -890,9 +896,13 @@ def t5_bias_bwd_dq(
 
     # the forward's key ranges: PARTIAL [lo, full_lo), FULL [full_lo, full_hi), PARTIAL [full_hi, hi)
     first_q = pid_m * BLOCK_M + (kv_len - q_len)
-    lo, full_lo, full_hi, hi = _key_tiles(
-        first_q, kv_len, SKIP_ABOVE_DIAGONAL, WINDOW_LEFT, MASK_EXACT, BLOCK_M, BLOCK_N
-    )
+    last_q = tl.minimum(first_q + BLOCK_M - 1, kv_len - 1)
+    lo = -BIG
+    full_lo = -BIG
+    full_hi = BIG
+    hi = BIG
+    lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
+    trace = Trace + (pid_bh * tl.cdiv(q_len, BLOCK_M) + pid_m) * tl.cdiv(kv_len, BLOCK_N)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for i in tl.static_range(3):
@@ -934,12 +944,14 @@ def t5_bias_bwd_dq(
             end,
             offs_n,
             d_valid,
+            trace,
             PRECISION,
             SCORE_IS_IDENTITY,
             SCORE_GRAD_IS_ONE,
             HAS_MASK,
             i != 1,
             HEAD_DIM == BLOCK_D,
+            TRACE,
             BLOCK_M,
             BLOCK_N,
         )
@@ -956,7 +968,22 @@ def t5_bias_bwd_dq(
     )
 
 
-def _launch_fwd(q, k, v, scale, params, shapes):
+def _launch(kernel, grid, args, flags, trace):
+    """Autotuned launch; when tracing (debugging), the trace's fixed blocks and TRACE on."""
+    if trace is None:
+        kernel[grid](*args, **flags)
+    else:
+        kernel.fn[grid](
+            *args,
+            **dict(flags, TRACE=True),
+            BLOCK_M=trace["block_m"],
+            BLOCK_N=trace["block_n"],
+            num_warps=4,
+            num_stages=1,
+        )
+
+
+def _launch_fwd(q, k, v, scale, params, shapes, trace=None):
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(
         (shapes.batch, shapes.heads_q, shapes.q_len), dtype=torch.float32, device=q.device
@@ -966,18 +993,20 @@ def _launch_fwd(q, k, v, scale, params, shapes):
         lse.fill_(-float("inf"))
         return out, lse
     grid = lambda meta: (triton.cdiv(shapes.q_len, meta["BLOCK_M"]), shapes.batch * shapes.heads_q)
-    t5_bias_fwd[grid](
+    args = [
         q,
         k,
         v,
         out,
         lse,
+        trace["fwd"] if trace else out,
         *q.stride()[:3],
         *k.stride()[:3],
         *v.stride()[:3],
         *out.stride()[:3],
         params["table"],
         *params["table"].stride(),
+        *_documents(params, shapes),
         shapes.batch,
         shapes.heads_q,
         shapes.heads_kv,
@@ -986,15 +1015,18 @@ def _launch_fwd(q, k, v, scale, params, shapes):
         scale,
         runtime.length_bucket(shapes.q_len),
         runtime.length_bucket(shapes.kv_len),
+    ]
+    flags = dict(
         HEAD_DIM=shapes.head_dim,
         BLOCK_D=triton.next_power_of_2(shapes.head_dim),
         PRECISION=runtime.dot_precision(q.dtype),
         **FWD_FLAGS,
     )
+    _launch(t5_bias_fwd, grid, args, flags, trace)
     return out, lse
 
 
-def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes):
+def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes, trace=None):
     """dq, dk, dv and {param: grad} for the params marked `grad`."""
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
@@ -1040,12 +1072,13 @@ def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes):
         param_args = [
             params["table"],
             *params["table"].stride(),
+            *_documents(params, shapes),
         ]
         dkdv_grid = lambda meta: (
             triton.cdiv(shapes.kv_len, meta["BLOCK_N"]),
             shapes.batch * shapes.heads_kv,
         )
-        t5_bias_bwd_dkdv[dkdv_grid](
+        dkdv_args = [
             q,
             k,
             v,
@@ -1054,6 +1087,7 @@ def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes):
             delta,
             dk,
             dv,
+            trace["dkdv"] if trace else dk,
             *q.stride()[:3],
             *k.stride()[:3],
             *v.stride()[:3],
@@ -1062,14 +1096,14 @@ def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes):
             *dv.stride()[:3],
             *param_args,
             *lengths,
-            **common,
-        )
+        ]
+        _launch(t5_bias_bwd_dkdv, dkdv_grid, dkdv_args, common, trace)
         grad_args = [x for buffer in buffers for x in (buffer, buffer.shape[1])]
         dq_grid = lambda meta: (
             triton.cdiv(shapes.q_len, meta["BLOCK_M"]),
             shapes.batch * shapes.heads_q,
         )
-        t5_bias_bwd_dq[dq_grid](
+        dq_args = [
             q,
             k,
             v,
@@ -1077,6 +1111,7 @@ def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes):
             lse,
             delta,
             dq,
+            trace["dq"] if trace else dq,
             *q.stride()[:3],
             *k.stride()[:3],
             *v.stride()[:3],
@@ -1086,8 +1121,8 @@ def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes):
             *grad_args,
             grad_rows,
             *lengths,
-            **common,
-        )
+        ]
+        _launch(t5_bias_bwd_dq, dq_grid, dq_args, common, trace)
     else:
         dq.zero_(), dk.zero_(), dv.zero_()
     param_grads = {}
@@ -1135,19 +1170,51 @@ class _Attention(torch.autograd.Function):
         )
 
 
+def _prepare(q, k, v, params):
+    shapes = runtime.check_inputs(
+        NAME, q, k, v, dtypes=DTYPES, head_dims=HEAD_DIMS, require_contiguous_last_dim=True
+    )
+    runtime.check_kernel_device(NAME, q.device, _INTERPRET)
+    return shapes, runtime.check_params(NAME, PARAMS, params, shapes, q.device)
+
+
 def t5_bias(q, k, v, *, scale=None, return_lse=False, deterministic=False, **params):
     """Attention `t5_bias` (see the module docstring); params: table: f32[H, 257] grad.
 
     deterministic=True gives bitwise-identical gradients run to run (dq, dk, dv never use atomics;
     gradients of params read at positions that vary over a tile do, and then raise NYI).
     """
-    shapes = runtime.check_inputs(
-        NAME, q, k, v, dtypes=DTYPES, head_dims=HEAD_DIMS, require_contiguous_last_dim=True
-    )
-    runtime.check_kernel_device(NAME, q.device, _INTERPRET)
-    tensors = runtime.check_params(NAME, PARAMS, params, shapes, q.device)
+    shapes, tensors = _prepare(q, k, v, params)
     if deterministic:
         runtime.check_deterministic(NAME, GRAD_TERMS, PARAMS, tensors)
     scale = runtime.default_scale(scale, shapes.head_dim)
     out, lse = _Attention.apply(q, k, v, scale, shapes, tuple(tensors), *tensors.values())
     return (out, lse) if return_lse else out
+
+
+def trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params):
+    """Debugging: the tiles `kernel` ("fwd", "dq" or "dkdv") visits, run with fixed block sizes.
+
+    Returns int8 [B, Hq, cdiv(q_len, block_m), cdiv(kv_len, block_n)]: 0 skipped (EMPTY),
+    1 PARTIAL (bounds and mask checked), 2 FULL (no mask math).
+    """
+    kernels = ("fwd", "dq", "dkdv") if True else ("fwd",)
+    if kernel not in kernels:
+        raise ValueError(f"{NAME}.trace_tiles: kernel must be one of {kernels}, got {kernel!r}")
+    for arg, size in (("block_m", block_m), ("block_n", block_n)):
+        if size not in (16, 32, 64, 128):
+            raise ValueError(f"{NAME}.trace_tiles: {arg} must be 16, 32, 64 or 128, got {size!r}")
+    shapes, tensors = _prepare(q, k, v, params)
+    scale = runtime.default_scale(None, shapes.head_dim)
+    tiles = (
+        shapes.batch,
+        shapes.heads_q,
+        triton.cdiv(shapes.q_len, block_m),
+        triton.cdiv(shapes.kv_len, block_n),
+    )
+    trace = dict(block_m=block_m, block_n=block_n)
+    trace.update({name: torch.zeros(tiles, dtype=torch.int8, device=q.device) for name in kernels})
+    out, lse = _launch_fwd(q, k, v, scale, tensors, shapes, trace)
+    if kernel != "fwd":
+        _launch_bwd(q, k, v, out, lse, torch.ones_like(out), None, scale, tensors, shapes, trace)
+    return trace[kernel]

@@ -1,0 +1,378 @@
+"""Sparsity stage: tile classification read off the mask before anything runs.
+
+A kernel program owns a tile of *outer* positions [first, last] (query positions in the forward
+and dQ kernels; key positions in the dK/dV kernel) and loops over tiles of *inner* positions. For
+every mask node this stage derives, in closed form, a `Range` of inner positions:
+
+    visit [lo, hi)           outside it the node is false for every outer position: EMPTY tiles
+    full  [full_lo, full_hi)  inside it the node is true for every outer position: FULL tiles
+
+and emits Triton statements that compute both per program (no tensors, no setup call). The kernel
+skips tiles outside `visit`, runs tiles inside `full` with no mask math and no bounds checks, and
+evaluates the mask on the rest (PARTIAL). Rules:
+
+    linear comparisons   a·kv + c·q + e  op  0  with a, c in {-1, 0, 1} and e free of q, kv
+                         (causal, window, prefix, sinks, per-batch or per-head bounds): exact
+    chunks               q // n == kv // n: exact
+    documents            T[b, q] == T[b, kv] with T of shape [B, KV]: the kernels read runs of
+                         equal ids (`runs`, O(N), built per call by a small kernel); exact when
+                         the ids never decrease, every tile PARTIAL when they do
+    & | !                intersection; union (hull when the parts do not touch); negation pushed
+                         to the comparisons
+    anything else        visit everything, nothing FULL (always correct)
+
+Intersections are exact for the forms above combined with each other (the band of a window, a
+chunk or a document under causal), which the property tests check against dense evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import ir
+from .ir import INT
+from .lower import Lowerer
+
+BIG = "BIG"  # a module constant of the generated code (2**30): an unbounded end
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+_NEGATE = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inner positions of one mask node for a tile of outer positions (Triton text, None =
+    unbounded); ``full_empty`` when no position is known to be true for the whole tile."""
+
+    lo: str | None = None
+    hi: str | None = None
+    full_lo: str | None = None
+    full_hi: str | None = None
+    full_empty: bool = False
+    # a condition on the outer tile alone: true for some / every outer position (then the
+    # bounds above are where(some, BIG, -BIG) and where(every, BIG, -BIG))
+    some: str | None = None
+    every: str | None = None
+
+
+UNKNOWN = Range(full_empty=True)
+
+
+@dataclass(frozen=True)
+class View:
+    """Which axis the kernel loops over: ``inner`` positions for a tile of ``outer`` positions."""
+
+    inner: str  # "kv" or "q"
+    outer: str
+    first: str  # Triton names of the tile's first and last outer positions
+    last: str
+
+
+FORWARD = View("kv", "q", "first_q", "last_q")
+TRANSPOSED = View("q", "kv", "first_kv", "last_kv")
+
+
+@dataclass(frozen=True)
+class Sparsity:
+    """What the templates need: the range statements for both views and the document tables."""
+
+    key_range: str  # statements setting lo, full_lo, full_hi, hi (key positions) per query tile
+    query_range: str  # the same (query positions) per key tile, for the dK/dV kernel
+    documents: tuple[str, ...]  # params whose runs the kernels read (`doc_runs_T`, `doc_sorted_T`)
+    exact: bool  # every node is one of the exact forms (the tests compare tiles for equality)
+
+
+def _max(a: str | None, b: str | None, none_wins: bool) -> str | None:
+    if a is None or b is None:
+        return None if none_wins else (b if a is None else a)
+    return f"tl.maximum({a}, {b})"
+
+
+def _min(a: str | None, b: str | None, none_wins: bool) -> str | None:
+    if a is None or b is None:
+        return None if none_wins else (b if a is None else a)
+    return f"tl.minimum({a}, {b})"
+
+
+@dataclass
+class _Linear:
+    """a_q·q + a_kv·kv + const + Σ sign·term, terms free of q and kv."""
+
+    a_q: int = 0
+    a_kv: int = 0
+    const: int = 0
+    terms: tuple[tuple[int, ir.Expr], ...] = ()
+
+    def scaled(self, k: int) -> _Linear:
+        return _Linear(k * self.a_q, k * self.a_kv, k * self.const,
+                       tuple((k * s, t) for s, t in self.terms))
+
+    def plus(self, other: _Linear) -> _Linear:
+        return _Linear(self.a_q + other.a_q, self.a_kv + other.a_kv, self.const + other.const,
+                       self.terms + other.terms)
+
+
+def _uses(e: ir.Expr, names: set[str]) -> bool:
+    return any(isinstance(n, ir.Name) and n.id in names for n in ir.walk(e))
+
+
+def _linear(e: ir.Expr) -> _Linear | None:
+    if e.ty != INT:
+        return None
+    if isinstance(e, ir.IntLit):
+        return _Linear(const=e.value)
+    if isinstance(e, ir.Name) and e.id in ("q", "kv"):
+        return _Linear(a_q=int(e.id == "q"), a_kv=int(e.id == "kv"))
+    if not _uses(e, {"q", "kv", "score"}):
+        return _Linear(terms=((1, e),))
+    if isinstance(e, ir.Unary) and e.op == "-":
+        inner = _linear(e.operand)
+        return inner.scaled(-1) if inner else None
+    if isinstance(e, ir.Binary) and e.op in ("+", "-"):
+        a, b = _linear(e.left), _linear(e.right)
+        if a is None or b is None:
+            return None
+        return a.plus(b if e.op == "+" else b.scaled(-1))
+    if isinstance(e, ir.Binary) and e.op == "*":
+        for lit, other in ((e.left, e.right), (e.right, e.left)):
+            if isinstance(lit, ir.IntLit):
+                inner = _linear(other)
+                return inner.scaled(lit.value) if inner else None
+    return None
+
+
+def _is_name(e: ir.Expr, name: str) -> bool:
+    return isinstance(e, ir.Name) and e.id == name
+
+
+class _Analysis:
+    def __init__(self, attention: ir.Attention, view: View):
+        self.attention = attention
+        self.view = view
+        self.lower = Lowerer(attention)
+        self.lines: list[str] = []
+        self.documents: list[str] = []
+        self.exact = True
+        self._temps = 0
+
+    def temp(self, text: str, hint: str) -> str:
+        self._temps += 1
+        name = f"{hint}{self._temps}"
+        self.lines.append(f"{name} = {text}")
+        return name
+
+    # ---- nodes ---------------------------------------------------------------------------
+    def range(self, e: ir.Expr, negate: bool = False) -> Range:
+        if isinstance(e, ir.BoolLit):
+            keeps = e.value != negate
+            return Range() if keeps else Range(hi=f"-{BIG}", full_empty=True)
+        if isinstance(e, ir.Unary) and e.op == "!":
+            return self.range(e.operand, not negate)
+        if isinstance(e, ir.Binary) and e.op in ("&", "|"):
+            a, b = self.range(e.left, negate), self.range(e.right, negate)
+            return self.both(a, b) if (e.op == "&") != negate else self.either(a, b)
+        if isinstance(e, ir.Binary) and e.op in ir.COMPARISONS:
+            op = _NEGATE[e.op] if negate else e.op
+            found = self.chunk(e, op) or self.document(e, op) or self.comparison(e, op)
+            if found is not None:
+                return found
+        self.exact = False
+        return UNKNOWN
+
+    def comparison(self, e: ir.Binary, op: str) -> Range | None:
+        if e.left.ty != INT or e.right.ty != INT:
+            return None
+        left, right = _linear(e.left), _linear(e.right)
+        if left is None or right is None:
+            return None
+        form = left.plus(right.scaled(-1))  # form op 0
+        a_in = form.a_kv if self.view.inner == "kv" else form.a_q
+        a_out = form.a_q if self.view.inner == "kv" else form.a_kv
+        if a_in not in (-1, 0, 1) or a_out not in (-1, 0, 1):
+            return None
+        if a_in == 0:
+            return self.tile_condition(form, a_out, op)
+        # a_in·inner + a_out·outer + rest op 0  ⇒  inner op' c·outer + e
+        if a_in < 0:
+            op = _FLIP[op]
+        c = -a_out * a_in
+        rest = form.scaled(-a_in)
+        rest.a_q = rest.a_kv = 0
+        if op == "!=":
+            return None
+        if op in ("<", ">"):
+            rest.const += -1 if op == "<" else 1
+            op += "="
+        first, last = self.view.first, self.view.last
+        if c == 0:
+            bmin = bmax = self.scalar(rest)
+        elif c > 0:
+            bmin, bmax = self.scalar(rest, first), self.scalar(rest, last)
+        else:
+            bmin, bmax = self.scalar(rest, f"-{last}"), self.scalar(rest, f"-{first}")
+        rest.const += 1
+        after_max = self.scalar(rest, last if c > 0 else f"-{first}") if c else self.scalar(rest)
+        after_min = self.scalar(rest, first if c > 0 else f"-{last}") if c else self.scalar(rest)
+        if op == "<=":
+            return Range(hi=after_max, full_hi=after_min)
+        if op == ">=":
+            return Range(lo=bmin, full_lo=bmax)
+        return Range(lo=bmin, hi=after_max, full_lo=bmax, full_hi=after_min)
+
+    def tile_condition(self, form: _Linear, a_out: int, op: str) -> Range:
+        """A condition on the outer position alone (or on neither): all, some or none of the tile."""
+        if a_out == 0:
+            text = f"{self.scalar(form)} {op} 0"
+            some = every = self.temp(text, "cond")
+        else:
+            if a_out < 0:
+                op = _FLIP[op]
+            rest = form.scaled(-a_out)
+            rest.a_q = rest.a_kv = 0
+            e_text = self.scalar(rest)  # outer op e_text
+            first, last = self.view.first, self.view.last
+            some = {"<=": f"{first} <= {e_text}", "<": f"{first} < {e_text}",
+                    ">=": f"{last} >= {e_text}", ">": f"{last} > {e_text}",
+                    "==": f"({first} <= {e_text}) & ({e_text} <= {last})",
+                    "!=": f"({first} != {e_text}) | ({last} != {e_text})"}[op]
+            every = {"<=": f"{last} <= {e_text}", "<": f"{last} < {e_text}",
+                     ">=": f"{first} >= {e_text}", ">": f"{first} > {e_text}",
+                     "==": f"({first} == {e_text}) & ({last} == {e_text})",
+                     "!=": f"({e_text} < {first}) | ({e_text} > {last})"}[op]
+        return Range(hi=f"tl.where({some}, {BIG}, -{BIG})",
+                     full_hi=f"tl.where({every}, {BIG}, -{BIG})", some=some, every=every)
+
+    def chunk(self, e: ir.Binary, op: str) -> Range | None:
+        """``q // n == kv // n``: the outer tile's chunks."""
+        if op != "==" or not all(isinstance(s, ir.Binary) and s.op == "//"
+                                 for s in (e.left, e.right)):
+            return None
+        names = {e.left.left.id if isinstance(e.left.left, ir.Name) else None,
+                 e.right.left.id if isinstance(e.right.left, ir.Name) else None}
+        n = e.left.right
+        if names != {"q", "kv"} or n != e.right.right or _uses(n, {"q", "kv", "score"}):
+            return None
+        n_text = self.lower(n)
+        first, last = self.view.first, self.view.last
+        c_first = self.temp(f"_floor_div({first}, {n_text})", "chunk")
+        c_last = self.temp(f"_floor_div({last}, {n_text})", "chunk")
+        lo = self.temp(f"{c_first} * {n_text}", "chunk_lo")
+        hi = self.temp(f"({c_last} + 1) * {n_text}", "chunk_hi")
+        return Range(lo=lo, hi=hi, full_lo=lo,
+                     full_hi=f"tl.where({c_first} == {c_last}, {hi}, -{BIG})")
+
+    def document(self, e: ir.Binary, op: str) -> Range | None:
+        """``T[b, q] == T[b, kv]``: runs of equal ids (whole documents when the ids never
+        decrease) bound the inner positions; unsorted ids or negative positions visit all."""
+        if op != "==" or not (isinstance(e.left, ir.Index) and isinstance(e.right, ir.Index)):
+            return None
+        table = e.left.param
+        if e.right.param != table or self.attention.param(table).dims != ("B", "KV"):
+            return None
+        (b1, x1), (b2, x2) = e.left.indices, e.right.indices
+        positions = {x1.id if isinstance(x1, ir.Name) else None,
+                     x2.id if isinstance(x2, ir.Name) else None}
+        if not (_is_name(b1, "b") and _is_name(b2, "b")) or positions != {"q", "kv"}:
+            return None
+        if table not in self.documents:
+            self.documents.append(table)
+        first, last = self.view.first, self.view.last
+        # Query positions below 0 (q_len > kv_len) read id 0, which may be anywhere: a query tile
+        # holding one visits every key; a key tile visits all such queries.
+        runs = f"doc_runs_{table} + off_b * 2 * kv_len"
+        ok = self.temp(f"tl.load(doc_sorted_{table} + off_b) != 0", "doc_sorted")
+        if self.view.outer == "q":
+            ok = self.temp(f"{ok} & ({first} >= 0)", "doc_ok")
+            ok_lo = ok
+        else:
+            ok_lo = self.temp(f"{ok} & (kv_len >= q_len)", "doc_ok")
+        start = self.temp(f"tl.load({runs} + tl.maximum({first}, 0))", "doc_start")
+        end_first = self.temp(f"tl.load({runs} + kv_len + tl.maximum({first}, 0))", "doc_end")
+        end_last = self.temp(f"tl.load({runs} + kv_len + tl.maximum({last}, 0))", "doc_end")
+        return Range(lo=f"tl.where({ok_lo}, {start}, -{BIG})",
+                     hi=f"tl.where({ok}, {end_last}, {BIG})", full_lo=start,
+                     full_hi=f"tl.where({ok} & ({end_first} > {last}), {end_first}, -{BIG})")
+
+    # ---- combinations --------------------------------------------------------------------
+    def both(self, a: Range, b: Range) -> Range:
+        return Range(_max(a.lo, b.lo, False), _min(a.hi, b.hi, False),
+                     _max(a.full_lo, b.full_lo, False), _min(a.full_hi, b.full_hi, False),
+                     a.full_empty or b.full_empty)
+
+    def either(self, a: Range, b: Range) -> Range:
+        if a.some is not None or b.some is not None:  # a tile condition, or the other range
+            cond, other = (a, b) if a.some is not None else (b, a)
+            pick = lambda c, end, value: None if value is None else \
+                f"tl.where({c}, {end}{BIG}, {value})"  # noqa: E731
+            return Range(pick(cond.some, "-", other.lo), pick(cond.some, "", other.hi),
+                         None if other.full_empty else pick(cond.every, "-", other.full_lo),
+                         pick(cond.every, "", other.full_hi) if not other.full_empty else cond.full_hi)
+        visit = dict(lo=_min(a.lo, b.lo, True), hi=_max(a.hi, b.hi, True))
+        if a.full_empty or b.full_empty:
+            full = b if a.full_empty else a
+            return Range(**visit, full_lo=full.full_lo, full_hi=full.full_hi,
+                         full_empty=a.full_empty and b.full_empty)
+        if a.full_lo is None and b.full_lo is None:  # both reach down: the union is one interval
+            return Range(**visit, full_hi=_max(a.full_hi, b.full_hi, True))
+        if a.full_hi is None and b.full_hi is None:
+            return Range(**visit, full_lo=_min(a.full_lo, b.full_lo, True))
+        # general: the union when the two touch, else the longer one
+        a_lo, a_hi = a.full_lo or f"-{BIG}", a.full_hi or BIG
+        b_lo, b_hi = b.full_lo or f"-{BIG}", b.full_hi or BIG
+        touch = self.temp(f"tl.maximum({a_lo}, {b_lo}) <= tl.minimum({a_hi}, {b_hi})", "touch")
+        a_longer = self.temp(f"({a_hi}) - ({a_lo}) >= ({b_hi}) - ({b_lo})", "longer")
+        return Range(**visit,
+                     full_lo=f"tl.where({touch}, tl.minimum({a_lo}, {b_lo}), "
+                             f"tl.where({a_longer}, {a_lo}, {b_lo}))",
+                     full_hi=f"tl.where({touch}, tl.maximum({a_hi}, {b_hi}), "
+                             f"tl.where({a_longer}, {a_hi}, {b_hi}))")
+
+    def scalar(self, form: _Linear, outer: str | None = None) -> str:
+        """Triton text of ``outer + Σ sign·term + const`` (outer may start with a minus)."""
+        parts = [outer] if outer else []
+        for sign, term in form.terms:
+            text = self.lower(term)
+            text = text if text.replace("_", "").isalnum() else f"({text})"
+            parts.append(text if sign == 1 else f"-{text}" if sign == -1 else f"{sign} * {text}")
+        if form.const or not parts:
+            parts.append(str(form.const))
+        text = parts[0]
+        for part in parts[1:]:
+            text += f" - {part[1:]}" if part.startswith("-") else f" + {part}"
+        return text if len(parts) == 1 and not text.startswith("-") else f"({text})"
+
+    # ---- statements ----------------------------------------------------------------------
+    def statements(self, mask: ir.Expr) -> str:
+        """lo, full_lo, full_hi, hi: one update per top-level conjunct, with its spec text."""
+        self.lines += ["lo = -BIG", "full_lo = -BIG", "full_hi = BIG", "hi = BIG"]
+        full_empty = False
+        for conjunct in _conjuncts(mask):
+            if isinstance(conjunct, ir.BoolLit) and conjunct.value:
+                continue
+            self.lines.append(f"# {ir.unparse(conjunct)}")
+            r = self.range(conjunct)
+            for field, fn in (("lo", "maximum"), ("full_lo", "maximum"), ("full_hi", "minimum"),
+                              ("hi", "minimum")):
+                value = getattr(r, field)
+                if value is not None:
+                    self.lines.append(f"{field} = tl.{fn}({field}, {value})")
+            full_empty |= r.full_empty
+        if full_empty:
+            self.lines += ["# not every part of the mask has a closed form: no FULL tiles",
+                           "full_hi = -BIG"]
+        return "\n".join(self.lines)
+
+
+def _conjuncts(e: ir.Expr):
+    if isinstance(e, ir.Binary) and e.op == "&":
+        yield from _conjuncts(e.left)
+        yield from _conjuncts(e.right)
+    else:
+        yield e
+
+
+def analyse(attention: ir.Attention) -> Sparsity:
+    forward, transposed = _Analysis(attention, FORWARD), _Analysis(attention, TRANSPOSED)
+    key_range = forward.statements(attention.mask)
+    query_range = transposed.statements(attention.mask)
+    return Sparsity(key_range, query_range, tuple(forward.documents),
+                    forward.exact and transposed.exact)
