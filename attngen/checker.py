@@ -7,8 +7,11 @@ expression node typed.
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import math
+import re
+import unicodedata
 from dataclasses import replace
 
 from . import ir
@@ -30,13 +33,34 @@ FUNCTIONS = {**{f: (1, 1) for f in FLOAT_FUNCTIONS}, "abs": (1, 1), "floor": (1,
              "ceil": (1, 1), "min": (2, None), "max": (2, None), "clamp": (3, 3),
              "where": (3, 3)}
 MASK_BUILTINS = {"causal": None, "window": (1, 2), "chunk": (1, 1), "document": (1, 1)}
-# Names of the op's own arguments: op(q, k, v, *, scale=None, return_lse=False, **params)
-OP_ARGUMENTS = {"k", "v", "scale", "return_lse", "deterministic", "self", "params"}
-# Globals of a generated module, which an attention (its op function) must not shadow
+# Names of the op's own arguments, op(q, k, v, *, scale, return_lse, deterministic, **params),
+# and of its module's trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params)
+OP_ARGUMENTS = {"k", "v", "scale", "return_lse", "deterministic", "self", "params", "kernel",
+                "block_m", "block_n"}
+# Globals of a generated module, which an attention (its op function) must not shadow, and
+# modules it imports (a generated NAME.py must not shadow one of them either)
 MODULE_GLOBALS = {"torch", "triton", "tl", "libdevice", "runtime", "NAME", "SPEC", "SPEC_HASH",
-                  "PARAMS", "DTYPES", "HEAD_DIMS", "INF", "LOG2E", "LN2", "FWD_FLAGS",
-                  "BWD_FLAGS", "GRAD_TERMS"}
+                  "PARAMS", "DTYPES", "HEAD_DIMS", "INF", "LOG2E", "LN2", "BIG", "FWD_FLAGS",
+                  "BWD_FLAGS", "DOCUMENTS", "GRAD_TERMS", "trace_tiles", "attngen", "os"}
+# Python's builtins: the generated module and its kernels call some (dict, zip, range, float)
+PYTHON_BUILTINS = frozenset(name for name in dir(builtins) if not name.startswith("_"))
 RESERVED = set(POSITIONS) | set(CONSTANTS) | set(FUNCTIONS) | set(MASK_BUILTINS) | {"score"}
+# Names become file names (NAME-<hash>/NAME.py in the cache) and kernel names
+MAX_NAME_LENGTH = 64
+# Params reach kernels as p_NAME with strides p_NAME_stride0, ...: a param named like a stride
+# (t_stride0 next to t) would give two kernel arguments one name
+_STRIDE_LIKE = re.compile(r".*_stride[0-9]+")
+# window() sizes: positions are int32 in the kernels and q +- size must not wrap around
+MAX_WINDOW = 2**30
+# Float literals must be normal fp32 numbers: the kernels compute the score in fp32, and Triton
+# would make any other literal an fp64 constant (or fp32 would round it to inf or 0)
+FP32_MAX = (2 - 2**-23) * 2.0**127
+FP32_MIN_NORMAL = 2.0**-126
+# Characters not allowed even in comments, which are copied into the generated module: control
+# characters (NUL makes the module unimportable), surrogates (not encodable) and bidirectional
+# overrides (text that reads differently from how it runs)
+_UNSAFE_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff"
+                                r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 # Knobs of `blocks` / `tune`, with their allowed values.
 _POW2 = (16, 32, 64, 128, 256)
@@ -166,16 +190,22 @@ class _AttentionChecker:
 
     def _check_name_free(self, ident: ir.Ident, what: str) -> None:
         name = ident.text
+        _check_name_length(name, what, ident)
         if name in RESERVED or keyword.iskeyword(name):
             raise SpecError(f"{what} name '{name}' is reserved (a builtin of the language); "
                             f"choose another name", ident.line, ident.column)
         if name in OP_ARGUMENTS:
             raise SpecError(f"{what} name '{name}' is an argument of the generated op "
-                            f"op(q, k, v, *, scale, return_lse, **params); choose another name",
-                            ident.line, ident.column)
+                            f"op(q, k, v, *, scale, return_lse, deterministic, **params) or of "
+                            f"its trace_tiles(q, k, v, *, kernel, block_m, block_n, **params); "
+                            f"choose another name", ident.line, ident.column)
         if name.startswith("_"):
             raise SpecError(f"{what} name '{name}' starts with '_', which is reserved for "
                             f"generated code; choose another name", ident.line, ident.column)
+        if what == "param" and _STRIDE_LIKE.fullmatch(name):
+            raise SpecError(f"param name '{name}' ends like a stride argument of the kernels "
+                            f"(a tensor param t is passed as p_t, p_t_stride0, ...); choose "
+                            f"another name", ident.line, ident.column)
         if name in self.params or name in self.lets:
             raise SpecError(f"'{name}' is already defined in this attention", ident.line,
                             ident.column)
@@ -189,10 +219,12 @@ class _AttentionChecker:
         out_dims: list[str | int] = []
         for dim in dims:
             if dim.text.isdigit():
-                if not 1 <= int(dim.text) <= 2**31 - 1:
-                    raise SpecError(f"dimension {dim.text} must be in 1..{2**31 - 1}", dim.line,
+                digits = dim.text.lstrip("0") or "0"  # int() refuses texts over 4300 digits
+                if len(digits) > 10 or not 1 <= int(digits) <= 2**31 - 1:
+                    shown = dim.text if len(dim.text) <= 40 else f"{dim.text[:20]}..."
+                    raise SpecError(f"dimension {shown} must be in 1..{2**31 - 1}", dim.line,
                                     dim.column)
-                out_dims.append(int(dim.text))
+                out_dims.append(int(digits))
             elif dim.text in ir.DIM_NAMES:
                 out_dims.append(dim.text)
             else:
@@ -279,6 +311,11 @@ class _AttentionChecker:
         return replace(e, ty=INT)
 
     def _e_FloatLit(self, e, allow_score):
+        if abs(e.value) > FP32_MAX or 0 < abs(e.value) < FP32_MIN_NORMAL:
+            raise SpecError(f"float literal {ir.format_float(e.value)} does not fit in fp32, in "
+                            f"which the kernels compute the score (magnitudes "
+                            f"{FP32_MIN_NORMAL:.4g} to {FP32_MAX:.4g}, or 0); write 0.0 or inf "
+                            f"if that is what is meant", e.line, e.column)
         return replace(e, ty=FLOAT)
 
     def _e_BoolLit(self, e, allow_score):
@@ -467,6 +504,11 @@ class _AttentionChecker:
             if isinstance(a, ir.IntLit) and a.value < (1 if e.func == "chunk" else 0):
                 raise SpecError(f"{e.func}() size must be {'positive' if e.func == 'chunk' else 'non-negative'}, "
                                 f"got {a.value}", raw.line, raw.column)
+            if e.func == "window" and isinstance(a, ir.IntLit) and a.value > MAX_WINDOW:
+                raise SpecError(f"window() size {a.value} is too large; expected at most "
+                                f"{MAX_WINDOW} (positions are int32 in the kernels, and q +- size "
+                                f"must not overflow; a window as long as the sequences is "
+                                f"already no bound)", raw.line, raw.column)
         if e.func == "chunk":
             (n,) = args
             div = lambda x: ir.Binary("//", x, n, ty=INT, **pos)  # noqa: E731
@@ -475,6 +517,42 @@ class _AttentionChecker:
         lo = ir.Binary("<=", ir.Binary("-", q, left, ty=INT, **pos), kv, ty=BOOL, **pos)
         hi = ir.Binary("<=", kv, ir.Binary("+", q, right, ty=INT, **pos), ty=BOOL, **pos)
         return ir.Binary("&", lo, hi, ty=BOOL, **pos)
+
+
+def _check_name_length(name: str, what: str, node: ir.Node) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise SpecError(f"{what} name '{name[:16]}...' is {len(name)} characters long; expected "
+                        f"at most {MAX_NAME_LENGTH}", node.line, node.column)
+
+
+def _check_attention_name(decl: ir.AttentionDecl) -> None:
+    """The op's name is a global of its generated module, and the module's file name."""
+    name = decl.name
+    _check_name_length(name, "attention", decl)
+    if keyword.iskeyword(name):
+        why = "a Python keyword"
+    elif name.startswith("_"):
+        why = "'_'-prefixed names are reserved for generated code"
+    elif name in PYTHON_BUILTINS:
+        why = "a Python builtin, which the generated module uses"
+    elif name in MODULE_GLOBALS:
+        why = "a name the generated module uses"
+    else:
+        return
+    raise SpecError(f"attention name '{name}' is not usable as a Python name ({why}); choose "
+                    f"another", decl.line, decl.column)
+
+
+def _check_characters(source: str) -> None:
+    """The first character that must not reach the generated module (see _UNSAFE_CHARACTERS)."""
+    found = _UNSAFE_CHARACTERS.search(source)
+    if found is None:
+        return
+    char, at = found.group(), found.start()
+    name = unicodedata.name(char, "a control character")
+    raise SpecError(f"character U+{ord(char):04X} ({name}) is not allowed in a spec, not even in "
+                    f"a comment (comments are copied into the generated module); remove it",
+                    source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at))
 
 
 def _not(e: ir.Expr) -> ir.Expr:
@@ -495,16 +573,19 @@ def check(spec: ir.SpecFile) -> list[ir.Attention]:
     if not spec.attentions:
         errors.append(SpecError("no attention in this file; expected 'attention NAME { ... }'",
                                 1, 1))
+    try:
+        _check_characters(spec.source)
+    except SpecError as err:
+        errors.append(err)
     for decl in spec.attentions:
         if decl.name in names:
             errors.append(SpecError(f"duplicate attention '{decl.name}' (first defined at line "
                                     f"{names[decl.name].line})", decl.line, decl.column))
             continue
-        if keyword.iskeyword(decl.name) or decl.name.startswith("_") \
-                or decl.name in MODULE_GLOBALS:
-            errors.append(SpecError(f"attention name '{decl.name}' is not usable as a Python "
-                                    f"name (a keyword, '_'-prefixed, or a name the generated "
-                                    f"module uses); choose another", decl.line, decl.column))
+        try:
+            _check_attention_name(decl)
+        except SpecError as err:
+            errors.append(err)
             continue
         names[decl.name] = decl
         checker = _AttentionChecker(decl)

@@ -7,6 +7,8 @@ Every error names the argument, what was expected and what was received.
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 import os
 import sys
 from dataclasses import dataclass
@@ -53,6 +55,10 @@ def _fail(op: str, message: str) -> None:
     raise ValueError(f"{op}: {message}")
 
 
+def _shape(t: torch.Tensor) -> str:
+    return str(tuple(t.shape))
+
+
 def check_inputs(op: str, q: Any, k: Any, v: Any, *, dtypes: Sequence[str] | None,
                  head_dims: Sequence[int] | None, require_contiguous_last_dim: bool) -> Shapes:
     """Validate q, k, v ([B, H, N, D] each) and return their shapes.
@@ -61,40 +67,75 @@ def check_inputs(op: str, q: Any, k: Any, v: Any, *, dtypes: Sequence[str] | Non
     """
     for arg, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
-            _fail(op, f"{arg} must be a torch.Tensor, got {type(t).__name__}")
+            _fail(op, f"{arg} must be a torch.Tensor [batch, heads, seq_len, head_dim], got "
+                      f"{type(t).__name__}")
         if t.ndim != 4:
             _fail(op, f"{arg} must have 4 dimensions [batch, heads, seq_len, head_dim], got "
-                      f"{t.ndim} (shape {tuple(t.shape)})")
+                      f"{t.ndim} (shape {_shape(t)})")
         if not t.is_floating_point():
             _fail(op, f"{arg} must be a floating-point tensor, got {t.dtype}")
         if require_contiguous_last_dim and t.stride(-1) != 1 and t.shape[-1] > 1:
             _fail(op, f"{arg} must be contiguous in its last dimension (stride 1), got strides "
                       f"{tuple(t.stride())}; call .contiguous()")
-    if not (q.dtype == k.dtype == v.dtype):
-        _fail(op, f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    for arg, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            _fail(op, f"{arg} has dtype {t.dtype} but q has dtype {q.dtype}; q, k and v must "
+                      f"share one dtype")
     if dtypes is not None:
         allowed = [SPEC_DTYPES[d] for d in dtypes]
         if q.dtype not in allowed:
             _fail(op, f"q has dtype {q.dtype}; this attention is built for "
                       f"{', '.join(map(str, allowed))} (the spec's 'dtype' statement)")
-    if not (q.device == k.device == v.device):
-        _fail(op, f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    for arg, t in (("k", k), ("v", v)):
+        if t.device != q.device:
+            _fail(op, f"{arg} is on device {t.device} but q is on {q.device}; q, k and v must be "
+                      f"on one device")
     B, Hq, M, D = q.shape
-    if k.shape != v.shape:
-        _fail(op, f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     Bk, Hkv, N, Dk = k.shape
     if Bk != B:
         _fail(op, f"k has batch {Bk} but q has batch {B}; they must agree")
     if Dk != D:
         _fail(op, f"k has head_dim {Dk} but q has head_dim {D}; they must agree")
-    if Hkv == 0 or Hq % Hkv:
+    if k.shape != v.shape:
+        _fail(op, f"v has shape {_shape(v)} but k has shape {_shape(k)}; k and v must have the "
+                  f"same shape [batch, kv_heads, kv_len, head_dim]")
+    if Hkv == 0:
+        _fail(op, f"k must have at least one head, got shape {_shape(k)}")
+    if Hq % Hkv:
         _fail(op, f"q's {Hq} heads must be a multiple of k's {Hkv} heads (grouped-query "
                   f"attention shares each kv head among Hq/Hkv query heads)")
     if head_dims is not None and D not in head_dims:
-        _fail(op, f"head_dim {D} is not one the spec allows ({', '.join(map(str, head_dims))})")
+        _fail(op, f"q has head_dim {D}; the spec allows {', '.join(map(str, head_dims))} (its "
+                  f"'head_dim' statement)")
     if head_dims is None and not 16 <= D <= 256:
-        _fail(op, f"head_dim must be in 16..256, got {D}")
+        _fail(op, f"q has head_dim {D}; expected 16..256")
     return Shapes(B, Hq, Hkv, M, N, D)
+
+
+def _scalar_param(op: str, p: ParamSpec, value: Any, device: torch.device) -> torch.Tensor:
+    """A Python number given for a scalar param, as a 0-d tensor of its declared dtype."""
+    want_dtype = TORCH_DTYPES[p.dtype]
+    if p.dtype == "bool":
+        ok = isinstance(value, bool)
+    elif p.dtype in ("i32", "i64"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok:
+        kind = {"bool": "a bool", "i32": "an int", "i64": "an int"}.get(p.dtype, "a float")
+        _fail(op, f"param {p.name} must be a {p.dtype} scalar ({kind} or a 0-d tensor), got "
+                  f"{type(value).__name__} {value!r}")
+    if p.dtype in ("i32", "i64"):
+        info = torch.iinfo(want_dtype)
+        if not info.min <= value <= info.max:
+            _fail(op, f"param {p.name} must be a {p.dtype} scalar in {info.min}..{info.max}, got "
+                      f"{value}")
+    elif p.dtype != "bool":
+        limit = torch.finfo(want_dtype).max
+        if abs(value) > limit and value not in (math.inf, -math.inf):
+            _fail(op, f"param {p.name} must be a {p.dtype} scalar of magnitude at most "
+                      f"{limit:.4g} (or inf), got {value!r}")
+    return torch.tensor(value, dtype=want_dtype, device=device)
 
 
 def check_params(op: str, specs: Sequence[ParamSpec], given: dict[str, Any], shapes: Shapes,
@@ -120,11 +161,7 @@ def check_params(op: str, specs: Sequence[ParamSpec], given: dict[str, Any], sha
             if p.dims:
                 _fail(op, f"param {p.name} must be a tensor of shape {list(want_shape)} "
                           f"({', '.join(map(str, p.dims))}), got {type(value).__name__}")
-            if isinstance(value, bool) != (p.dtype == "bool") or \
-                    not isinstance(value, int | float | bool) or \
-                    (p.dtype in ("i32", "i64") and not isinstance(value, int)):
-                _fail(op, f"param {p.name} must be a {p.dtype} scalar, got {value!r}")
-            value = torch.tensor(value, dtype=want_dtype, device=device)
+            value = _scalar_param(op, p, value, device)
         if tuple(value.shape) != want_shape:
             _fail(op, f"param {p.name} must have shape {list(want_shape)} "
                       f"([{', '.join(map(str, p.dims))}]), got {list(value.shape)}")
@@ -132,13 +169,29 @@ def check_params(op: str, specs: Sequence[ParamSpec], given: dict[str, Any], sha
             _fail(op, f"param {p.name} must have dtype {want_dtype} (declared {p.dtype}), got "
                       f"{value.dtype}")
         if value.device != device:
-            _fail(op, f"param {p.name} is on {value.device} but q is on {device}")
+            _fail(op, f"param {p.name} must be on q's device {device}, got {value.device}")
         out[p.name] = value
     return out
 
 
+def check_scale(scale: Any) -> float:
+    """The softmax scale as a float: a finite number >= 0 (0 gives uniform weights)."""
+    number = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
+    one_element = isinstance(scale, torch.Tensor) and scale.numel() == 1 \
+        and scale.is_floating_point()
+    try:
+        value = float(scale) if number or one_element else None
+    except OverflowError:  # an int past float's range
+        value = math.inf
+    if value is None or not math.isfinite(value) or value < 0:
+        received = f"{type(scale).__name__} {scale!r}" if value is None else repr(scale)
+        raise ValueError(f"scale must be a finite number >= 0 (None for 1/sqrt(head_dim)), got "
+                         f"{received}")
+    return value
+
+
 def default_scale(scale: float | None, head_dim: int) -> float:
-    return head_dim ** -0.5 if scale is None else float(scale)
+    return head_dim ** -0.5 if scale is None else check_scale(scale)
 
 
 # ---- kernels: devices, the interpreter, autotuning ------------------------------------------------
@@ -273,8 +326,8 @@ def check_deterministic(op: str, grad_terms, specs, tensors) -> None:
 def check_kernel_device(op: str, device: torch.device, interpreted: bool) -> None:
     """CPU tensors need kernels built by the Triton interpreter, which is chosen at import."""
     if device.type not in ("cuda", "cpu"):
-        _fail(op, f"tensors must be on a CUDA device or the CPU (through the Triton interpreter), "
-                  f"got {device}")
+        _fail(op, f"q, k and v must be on a CUDA device or the CPU (through the Triton "
+                  f"interpreter), got {device}")
     if device.type == "cpu" and not interpreted:
         _fail(op, "CPU tensors run through the Triton interpreter, but this process imported "
                   "triton for the GPU; set TRITON_INTERPRET=1 before importing torch and triton, "
