@@ -8,11 +8,11 @@ first use.
 from .errors import SpecError
 
 __version__ = "0.1.0"
-__all__ = ["AttentionOp", "SpecError", "load", "parse_and_check", "__version__"]
+__all__ = ["AttentionOp", "SpecError", "document_ids", "load", "parse_and_check", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("AttentionOp", "load", "parse_and_check"):
+    if name in ("AttentionOp", "document_ids", "load", "parse_and_check"):
         from . import api
 
         return getattr(api, name)

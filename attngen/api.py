@@ -50,6 +50,12 @@ class AttentionOp:
 
         return reference(self.spec, q, k, v, scale=scale, return_lse=return_lse, **params)
 
+    def trace_tiles(self, q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params):
+        """Debugging: the tiles ``kernel`` (fwd, dq, dkdv) visits with these block sizes, int8
+        [B, Hq, query tiles, key tiles]: 0 skipped (EMPTY), 1 PARTIAL, 2 FULL (no mask math)."""
+        return self.module.trace_tiles(q, k, v, kernel=kernel, block_m=block_m, block_n=block_n,
+                                       **params)
+
     def __repr__(self) -> str:
         return f"<attngen op {self.spec.summary()}>"
 
@@ -70,3 +76,37 @@ def load(path_or_text: str | Path, name: str | None = None) -> AttentionOp:
             return AttentionOp(attention, source_name)
     names = ", ".join(a.name for a in attentions)
     raise ValueError(f"no attention named {name!r} in {path or 'the spec'}; it defines {names}")
+
+
+def document_ids(cu_seqlens, length: int | None = None):
+    """Document ids for a ``document(ids)`` mask from cumulative sequence lengths, as
+    FlashAttention's varlen functions take them.
+
+    ``cu_seqlens``: int tensor [num_docs + 1] (or [B, num_docs + 1] for a batch), starting at 0
+    and never decreasing. Returns int32 ids [length] (or [B, length]): position p holds the index
+    of the document it falls in; positions past the last document (padding) get id num_docs, so
+    ids never decrease and the kernels classify tiles exactly. ``length`` defaults to the last
+    cumulative length (the largest one for a batch).
+    """
+    import torch
+
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype.is_floating_point \
+            or cu_seqlens.dtype == torch.bool or cu_seqlens.ndim not in (1, 2) \
+            or cu_seqlens.shape[-1] < 1:
+        got = (f"{cu_seqlens.dtype} tensor of shape {list(cu_seqlens.shape)}"
+               if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__)
+        raise ValueError(f"document_ids: cu_seqlens must be an integer tensor [num_docs + 1] or "
+                         f"[B, num_docs + 1], got {got}")
+    if bool((cu_seqlens[..., 0] != 0).any()) or bool((cu_seqlens.diff(dim=-1) < 0).any()):
+        raise ValueError(f"document_ids: cu_seqlens must start at 0 and never decrease, got "
+                         f"{cu_seqlens.tolist()}")
+    total = int(cu_seqlens[..., -1].max())
+    length = total if length is None else length
+    if length < total:
+        raise ValueError(f"document_ids: length must cover every document ({total} tokens), "
+                         f"got {length}")
+    positions = torch.arange(length, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    ends = cu_seqlens[..., 1:].contiguous()
+    if ends.ndim == 2:
+        positions = positions.expand(ends.shape[0], length).contiguous()
+    return torch.searchsorted(ends, positions, right=True).to(torch.int32)

@@ -327,7 +327,8 @@ class _Analysis:
                              f"tl.where({a_longer}, {a_hi}, {b_hi}))")
 
     def scalar(self, form: _Linear, outer: str | None = None) -> str:
-        """Triton text of ``outer + Σ sign·term + const`` (outer may start with a minus)."""
+        """Triton text of ``outer + Σ sign·term + const`` (outer may start with a minus); an
+        argument or a comparison operand as it stands (callers parenthesise for ``&``)."""
         parts = [outer] if outer else []
         for sign, term in form.terms:
             text = self.lower(term)
@@ -338,7 +339,7 @@ class _Analysis:
         text = parts[0]
         for part in parts[1:]:
             text += f" - {part[1:]}" if part.startswith("-") else f" + {part}"
-        return text if len(parts) == 1 and not text.startswith("-") else f"({text})"
+        return text
 
     # ---- statements ----------------------------------------------------------------------
     def statements(self, mask: ir.Expr) -> str:

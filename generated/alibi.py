@@ -286,8 +286,8 @@ def alibi_fwd(
     full_hi = BIG
     hi = BIG
     # kv <= q
-    full_hi = tl.minimum(full_hi, (first_q + 1))
-    hi = tl.minimum(hi, (last_q + 1))
+    full_hi = tl.minimum(full_hi, first_q + 1)
+    hi = tl.minimum(hi, last_q + 1)
     lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
     trace = Trace + (pid_bh * tl.cdiv(q_len, BLOCK_M) + pid_m) * tl.cdiv(kv_len, BLOCK_N)
 
@@ -888,8 +888,8 @@ def alibi_bwd_dq(
     full_hi = BIG
     hi = BIG
     # kv <= q
-    full_hi = tl.minimum(full_hi, (first_q + 1))
-    hi = tl.minimum(hi, (last_q + 1))
+    full_hi = tl.minimum(full_hi, first_q + 1)
+    hi = tl.minimum(hi, last_q + 1)
     lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
     trace = Trace + (pid_bh * tl.cdiv(q_len, BLOCK_M) + pid_m) * tl.cdiv(kv_len, BLOCK_N)
 
@@ -1187,11 +1187,14 @@ def trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params):
     """Debugging: the tiles `kernel` ("fwd", "dq" or "dkdv") visits, run with fixed block sizes.
 
     Returns int8 [B, Hq, cdiv(q_len, block_m), cdiv(kv_len, block_n)]: 0 skipped (EMPTY),
-    1 PARTIAL (bounds and mask checked), 2 FULL (no mask math).
+    1 PARTIAL (bounds and mask checked), 2 FULL (no mask math); kernel="all" returns
+    {kernel: trace} from one forward and backward run.
     """
     kernels = ("fwd", "dq", "dkdv") if True else ("fwd",)
-    if kernel not in kernels:
-        raise ValueError(f"{NAME}.trace_tiles: kernel must be one of {kernels}, got {kernel!r}")
+    if kernel not in kernels + ("all",):
+        raise ValueError(
+            f"{NAME}.trace_tiles: kernel must be one of {kernels + ('all',)}, got {kernel!r}"
+        )
     for arg, size in (("block_m", block_m), ("block_n", block_n)):
         if size not in (16, 32, 64, 128):
             raise ValueError(f"{NAME}.trace_tiles: {arg} must be 16, 32, 64 or 128, got {size!r}")
@@ -1208,4 +1211,4 @@ def trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params):
     out, lse = _launch_fwd(q, k, v, scale, tensors, shapes, trace)
     if kernel != "fwd":
         _launch_bwd(q, k, v, out, lse, torch.ones_like(out), None, scale, tensors, shapes, trace)
-    return trace[kernel]
+    return {name: trace[name] for name in kernels} if kernel == "all" else trace[kernel]

@@ -285,9 +285,9 @@ def prefix_lm_fwd(
     hi = BIG
     # kv <= q | kv < prefix[b]
     full_hi = tl.minimum(
-        full_hi, tl.maximum((first_q + 1), (tl.load(p_prefix + off_b * p_prefix_stride0)))
+        full_hi, tl.maximum(first_q + 1, (tl.load(p_prefix + off_b * p_prefix_stride0)))
     )
-    hi = tl.minimum(hi, tl.maximum((last_q + 1), (tl.load(p_prefix + off_b * p_prefix_stride0))))
+    hi = tl.minimum(hi, tl.maximum(last_q + 1, (tl.load(p_prefix + off_b * p_prefix_stride0))))
     lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
     trace = Trace + (pid_bh * tl.cdiv(q_len, BLOCK_M) + pid_m) * tl.cdiv(kv_len, BLOCK_N)
 
@@ -876,9 +876,9 @@ def prefix_lm_bwd_dq(
     hi = BIG
     # kv <= q | kv < prefix[b]
     full_hi = tl.minimum(
-        full_hi, tl.maximum((first_q + 1), (tl.load(p_prefix + off_b * p_prefix_stride0)))
+        full_hi, tl.maximum(first_q + 1, (tl.load(p_prefix + off_b * p_prefix_stride0)))
     )
-    hi = tl.minimum(hi, tl.maximum((last_q + 1), (tl.load(p_prefix + off_b * p_prefix_stride0))))
+    hi = tl.minimum(hi, tl.maximum(last_q + 1, (tl.load(p_prefix + off_b * p_prefix_stride0))))
     lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
     trace = Trace + (pid_bh * tl.cdiv(q_len, BLOCK_M) + pid_m) * tl.cdiv(kv_len, BLOCK_N)
 
@@ -1172,11 +1172,14 @@ def trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params):
     """Debugging: the tiles `kernel` ("fwd", "dq" or "dkdv") visits, run with fixed block sizes.
 
     Returns int8 [B, Hq, cdiv(q_len, block_m), cdiv(kv_len, block_n)]: 0 skipped (EMPTY),
-    1 PARTIAL (bounds and mask checked), 2 FULL (no mask math).
+    1 PARTIAL (bounds and mask checked), 2 FULL (no mask math); kernel="all" returns
+    {kernel: trace} from one forward and backward run.
     """
     kernels = ("fwd", "dq", "dkdv") if True else ("fwd",)
-    if kernel not in kernels:
-        raise ValueError(f"{NAME}.trace_tiles: kernel must be one of {kernels}, got {kernel!r}")
+    if kernel not in kernels + ("all",):
+        raise ValueError(
+            f"{NAME}.trace_tiles: kernel must be one of {kernels + ('all',)}, got {kernel!r}"
+        )
     for arg, size in (("block_m", block_m), ("block_n", block_n)):
         if size not in (16, 32, 64, 128):
             raise ValueError(f"{NAME}.trace_tiles: {arg} must be 16, 32, 64 or 128, got {size!r}")
@@ -1193,4 +1196,4 @@ def trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params):
     out, lse = _launch_fwd(q, k, v, scale, tensors, shapes, trace)
     if kernel != "fwd":
         _launch_bwd(q, k, v, out, lse, torch.ones_like(out), None, scale, tensors, shapes, trace)
-    return trace[kernel]
+    return {name: trace[name] for name in kernels} if kernel == "all" else trace[kernel]
