@@ -3,6 +3,7 @@ SDPA (flash, cuDNN) and compiled FlexAttention, all in one process.
 
     python benchmarks/gpu_check.py correctness      # the test matrix, FlexAttention's rule
     python benchmarks/gpu_check.py bench            # forward TFLOP/s table
+    python benchmarks/gpu_check.py sparsity         # window / document masks against dense causal
     python benchmarks/gpu_check.py all
 
 Writes JSON under $OUT (or --out) and prints a short table last. FLOPs follow FlashAttention:
@@ -25,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attngen  # noqa: E402
+from attngen.runtime import Shapes  # noqa: E402
 from attngen.testing import mean_abs_error, random_params, within_rule  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -160,7 +162,66 @@ def bench_cases(quick: bool = False):
     return cases
 
 
-def bench(out_dir: Path, quick: bool = False) -> list[dict]:
+SPARSITY_CASES = [  # B=2 H=16 N=8192 D=128: dense causal, a window and 8 documents
+    ("fwd", "causal", 2, 16, 8192, 128, "llama", 0.5),
+    ("fwd", "window1024", 2, 16, 8192, 128, "attention w { mask causal & window(1023) }",
+     (1024 * 8192 - 1024 * 1023 / 2) / 8192**2),
+    ("fwd", "doc8", 2, 16, 8192, 128, "packed_docs", 0.5 / 8),
+]
+
+
+def sparsity(out_dir: Path) -> list[str]:
+    """Forward/backward of the window and 8-document masks against dense causal scaled by the
+    kept fraction (target: within 1.3x), and the per-call setup of a document mask (attngen's
+    runs kernel) beside FlexAttention's create_block_mask on the same mask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    from triton.testing import do_bench
+
+    rows = bench(out_dir, cases=SPARSITY_CASES, name="sparsity")
+    B, H, N, D = 2, 16, 8192, 128
+    dev = "cuda"
+    op = attngen.load(EXAMPLES / "packed_docs.attn")
+    doc = ((torch.arange(N, device=dev) * 8) // N).to(torch.int32).expand(B, N).contiguous()
+    shapes = Shapes(B, H, H, N, N, D)
+    setup_ms = do_bench(lambda: op.module._documents({"doc": doc}, shapes), warmup=25, rep=200,
+                        return_mode="median")
+    doc64 = doc[0].long()
+    mask = lambda b, h, i, j: (doc64[i] == doc64[j]) & (i >= j)  # noqa: E731
+    start = time.time()
+    create_block_mask(mask, 1, 1, N, N, device=dev)
+    torch.cuda.synchronize()
+    flex_first = time.time() - start
+    flex_ms = do_bench(lambda: create_block_mask(mask, 1, 1, N, N, device=dev), warmup=5, rep=50,
+                       return_mode="median")
+    setup = dict(case="doc8_setup", attngen_ms=round(setup_ms, 4), flex_ms=round(flex_ms, 3),
+                 flex_first_call_s=round(flex_first, 3))
+    rows.append(setup)
+    (out_dir / "sparsity.json").write_text(json.dumps({"meta": _meta(), "rows": rows}, indent=1))
+    times = {(r["mode"], r["impl"]): r for r in rows if "fwd_ms" in r}
+    causal = times[("causal", "attngen")]
+    lines = [table(rows), "",
+             f"document-mask setup per call: attngen {setup_ms * 1000:.1f} us, Flex "
+             f"create_block_mask {flex_ms:.2f} ms (first call {flex_first:.2f} s)",
+             "| mask | kept / causal | attngen fwd ms | target fwd ms (1.3x) | ratio | "
+             "attngen bwd ms | ratio | flex fwd ms | flex bwd ms |", "|---" * 9 + "|"]
+    for mode, _, _, _, _, _, _, frac in SPARSITY_CASES[1:]:
+        ours, flex = times.get((mode, "attngen")), times.get((mode, "flex"), {})
+        rel = frac / 0.5
+        f_ratio = ours["fwd_ms"] / (causal["fwd_ms"] * rel)
+        b_ratio = ours["bwd_ms"] / (causal["bwd_ms"] * rel)
+        lines.append(f"| {mode} | {rel:.3f} | {ours['fwd_ms']:.3f} | "
+                     f"{1.3 * causal['fwd_ms'] * rel:.3f} | {f_ratio:.2f} | {ours['bwd_ms']:.3f} | "
+                     f"{b_ratio:.2f} | {flex.get('fwd_ms', '-')} | {flex.get('bwd_ms', '-')} |")
+    return lines
+
+
+def _meta() -> dict:
+    return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+                triton=__import__("triton").__version__, python=platform.python_version(),
+                date=str(date.today()))
+
+
+def bench(out_dir: Path, quick: bool = False, cases=None, name: str = "bench") -> list[dict]:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -177,7 +238,7 @@ def bench(out_dir: Path, quick: bool = False) -> list[dict]:
         torch.cuda.synchronize()
         return do_bench(fn, warmup=25, rep=200, return_mode="median")
 
-    for case, mode, B, H, N, D, spec, frac in bench_cases(quick):
+    for case, mode, B, H, N, D, spec, frac in cases or bench_cases(quick):
         torch._dynamo.reset()
         q, k, v = (torch.randn(B, H, N, D, device=dev, dtype=dt) for _ in range(3))
         flop = 4 * B * H * N * N * D * frac
@@ -235,10 +296,7 @@ def bench(out_dir: Path, quick: bool = False) -> list[dict]:
             diff = (outs["attngen"].detach().float() - outs["flex"].detach().float()).abs().max().item()
             rows.append(dict(case="agreement", mode=mode, N=N, D=D, max_abs_diff_vs_flex=diff))
             print(json.dumps(rows[-1]), flush=True)
-    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
-                triton=__import__("triton").__version__, python=platform.python_version(),
-                date=str(date.today()))
-    (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out_dir / f"{name}.json").write_text(json.dumps({"meta": _meta(), "rows": rows}, indent=1))
     return rows
 
 
@@ -264,7 +322,7 @@ def table(rows):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=["correctness", "bench", "determinism", "all"])
+    parser.add_argument("part", choices=["correctness", "bench", "sparsity", "determinism", "all"])
     parser.add_argument("--specs", default="", help="comma list of spec names (correctness)")
     parser.add_argument("--quick", action="store_true", help="bench: skip the D=64 cases")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -294,6 +352,8 @@ def main():
     if args.part in ("bench", "all"):
         rows = bench(out_dir, args.quick)
         summary.append(table(rows))
+    if args.part in ("sparsity", "all"):
+        summary.extend(sparsity(out_dir))
     print("\n".join(summary))
 
 
