@@ -229,6 +229,17 @@ def test_unsorted_documents_stay_correct(ops):
     check_output(ops["causal_document"], case)
 
 
+def test_document_runs_follow_in_place_edits(ops):
+    """The runs are reused while the same ids tensor returns unmodified, rebuilt after an edit."""
+    doc = torch.zeros(2, 160, dtype=torch.int32)  # one document: tiles below the diagonal FULL
+    case = _case(160, 160, {"doc": doc})
+    check_output(ops["causal_document"], case)
+    doc[:, 100:] = 1  # in place: two documents, those tiles must now be split
+    check_output(ops["causal_document"], case)
+    doc[0] = doc[0].flip(0)  # in place, now decreasing ids
+    check_output(ops["causal_document"], case)
+
+
 def test_document_ids_from_cumulative_lengths():
     ids = attngen.document_ids(torch.tensor([0, 3, 3, 7]), 9)
     assert ids.tolist() == [0, 0, 0, 2, 2, 2, 2, 3, 3]
