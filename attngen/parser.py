@@ -98,6 +98,12 @@ def _pos(meta_or_token) -> dict:
     return {"line": meta_or_token.line, "column": meta_or_token.column}
 
 
+def _int(token: str) -> int:
+    """An integer token's value; texts too long for int() (over 4300 digits) count as 10**100,
+    which every range check refuses."""
+    return int(token) if len(token) <= 100 else 10**100
+
+
 @v_args(meta=True)
 class _ToIR(Transformer):
     """lark tree → IR nodes. Rules and terminals map one to one onto methods."""
@@ -109,9 +115,10 @@ class _ToIR(Transformer):
     # -- literals and names ------------------------------------------------------------------
     def int_lit(self, meta, children):
         (tok,) = children
-        value = int(tok)
+        value = _int(tok)
         if value > 2**31 - 1:
-            raise SpecError(f"integer literal {tok} does not fit in 32 bits (at most {2**31 - 1})",
+            shown = tok if len(tok) <= 24 else f"{tok[:12]}...({len(tok)} digits)"
+            raise SpecError(f"integer literal {shown} does not fit in 32 bits (at most {2**31 - 1})",
                             tok.line, tok.column)
         return ir.IntLit(value, **_pos(tok))
 
@@ -168,7 +175,7 @@ class _ToIR(Transformer):
         return self._names("kernels", meta, children)
 
     def head_dim_stmt(self, meta, children):
-        return ir.Statement("head_dim", tuple(ir.Knob("head_dim", (int(t),), False, **_pos(t))
+        return ir.Statement("head_dim", tuple(ir.Knob("head_dim", (_int(t),), False, **_pos(t))
                                               for t in children), **_pos(meta))
 
     def dims(self, meta, children):
@@ -212,11 +219,11 @@ class _ToIR(Transformer):
     def knob(self, meta, children):
         name, value = children
         if isinstance(value, Token):
-            return ir.Knob(str(name), (int(value),), False, **_pos(name))
+            return ir.Knob(str(name), (_int(value),), False, **_pos(name))
         return ir.Knob(str(name), value, True, **_pos(name))
 
     def int_list(self, meta, children):
-        return tuple(int(t) for t in children)
+        return tuple(_int(t) for t in children)
 
     def attention(self, meta, children):
         name, *stmts = children
