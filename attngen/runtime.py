@@ -11,6 +11,7 @@ import math
 import numbers
 import os
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -209,6 +210,32 @@ DEFAULT_SPACES = {
 _DEFAULT_KNOBS = {"m": 128, "n": 64, "warps": 4, "stages": 2}
 # The interpreter runs tiles as numpy arrays: one mid-sized config keeps it quick.
 _INTERPRET_MAX_BLOCK = 64
+
+
+class TensorMemo:
+    """A value computed from a tensor, kept while the same tensor object comes back unmodified
+    (its version counter unchanged: no in-place write since); e.g. the document runs that every
+    layer of a model would otherwise rebuild from the same ids."""
+
+    def __init__(self):
+        self._ref, self._version, self.value = None, None, None
+
+    @staticmethod
+    def _version_of(tensor: torch.Tensor) -> int | None:
+        try:
+            return tensor._version
+        except RuntimeError:  # inference tensors carry no version: never reuse
+            return None
+
+    def get(self, tensor: torch.Tensor):
+        version = self._version_of(tensor)
+        if self._ref is not None and self._ref() is tensor and version is not None \
+                and version == self._version:
+            return self.value
+        return None
+
+    def put(self, tensor: torch.Tensor, value) -> None:
+        self._ref, self._version, self.value = weakref.ref(tensor), self._version_of(tensor), value
 
 
 def interpreting() -> bool:

@@ -18,8 +18,6 @@ Derivatives used by the backward kernels (derived symbolically from the spec):
     d score' / d score = 1.0
 """
 
-import weakref
-
 import torch
 
 from attngen import runtime  # before triton: with no GPU it selects the Triton interpreter
@@ -146,14 +144,7 @@ def _document_runs(Ids, stride_ib, stride_in, Runs, Sorted, kv_len, BLOCK: tl.co
     tl.store(Sorted + off_b, (decreasing == 0).to(tl.int32))
 
 
-_RUNS = {}  # table name -> (weakref to the ids, their version, runs, sorted): reuse across layers
-
-
-def _version(ids):
-    try:
-        return ids._version  # bumped by every in-place write
-    except RuntimeError:  # inference tensors carry no version: never reuse
-        return None
+_RUNS = {name: runtime.TensorMemo() for name in DOCUMENTS}  # reused across layers
 
 
 def _documents(params, shapes):
@@ -162,24 +153,19 @@ def _documents(params, shapes):
     args = []
     for name in DOCUMENTS:
         ids = params[name]
-        cached = _RUNS.get(name)
-        version = _version(ids)
-        if (
-            cached is not None
-            and cached[0]() is ids
-            and version is not None
-            and cached[1] == version
-        ):
-            args += cached[2:]
-            continue
-        runs = torch.empty((shapes.batch, 2, shapes.kv_len), dtype=torch.int32, device=ids.device)
-        is_sorted = torch.empty((shapes.batch,), dtype=torch.int32, device=ids.device)
-        if shapes.kv_len:
-            _document_runs[(shapes.batch,)](
-                ids, *ids.stride(), runs, is_sorted, shapes.kv_len, BLOCK=1024
+        cached = _RUNS[name].get(ids)
+        if cached is None:
+            runs = torch.empty(
+                (shapes.batch, 2, shapes.kv_len), dtype=torch.int32, device=ids.device
             )
-        _RUNS[name] = (weakref.ref(ids), version, runs, is_sorted)
-        args += [runs, is_sorted]
+            is_sorted = torch.empty((shapes.batch,), dtype=torch.int32, device=ids.device)
+            if shapes.kv_len:
+                _document_runs[(shapes.batch,)](
+                    ids, *ids.stride(), runs, is_sorted, shapes.kv_len, BLOCK=1024
+                )
+            cached = (runs, is_sorted)
+            _RUNS[name].put(ids, cached)
+        args += cached
     return args
 
 
