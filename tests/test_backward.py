@@ -5,10 +5,25 @@ table) match torch autograd through ``op.reference`` in float64, over odd length
 and q_len > kv_len, GQA and several head dims; the LSE's gradient flows too; fully masked rows
 give zero gradients and no NaN; deterministic mode is bitwise stable or refuses clearly.
 Rule: max |kernel - golden| / max(max |golden|, 1e-6) <= 1e-4 per gradient (fp32 kernels).
+
+The default run is a covering subset (about a minute on two cores):
+
+* every example on one of the five ``SHAPES``, rotating so that every shape is used: odd
+  lengths (1, 3, 17, 113, 130 x 70), q_len < kv_len and q_len > kv_len, GQA 1:1 and 4:1 (4x1
+  and 8x2 heads), head dims 16, 64, 80, 128 (gemma2_local always 256);
+* the T5 bias table's atomics on q_len > kv_len and packed documents on multi-tile square
+  lengths;
+* every inline score / mask form, llama4_chunked in fp16, fully masked rows, deterministic mode
+  and the review regressions.
+
+test_forward.py adds fp16 with 8:1 GQA and rows at negative positions. ``ATTNGEN_FULL_MATRIX=1``
+runs every example on every shape, and ALiBi, T5 bias and packed_docs on the three odd shapes.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +36,7 @@ from attngen.testing import random_params
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TOL = 1e-4
+FULL_MATRIX = os.environ.get("ATTNGEN_FULL_MATRIX") == "1"
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
@@ -34,11 +50,15 @@ def _private_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ATTNGEN_CACHE_DIR", str(tmp_path_factory.mktemp("attngen-cache")))
         attngen.cache.cache_root.cache_clear()
+        _op.cache_clear()
         yield
+        _op.cache_clear()
     attngen.cache.cache_root.cache_clear()
 
 
+@functools.cache
 def _op(name_or_text: str):
+    """One op per spec for the module (loading renders and imports the generated module)."""
     return attngen.load(name_or_text if "{" in name_or_text else EXAMPLES / f"{name_or_text}.attn")
 
 
@@ -77,12 +97,32 @@ def _check(op, B, Hq, Hkv, M, N, D, seed=0):
 
 
 EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.attn") if p.stem != "llama4_chunked")
+# (M, N, Hq, Hkv, D)
 SHAPES = [(17, 17, 4, 1, 16), (113, 113, 4, 4, 64), (3, 113, 8, 2, 80), (130, 70, 4, 1, 128),
           (1, 1, 2, 2, 64)]
+# the default run's rotation: example j on SHAPES[(j + 3) % 5], which gives gemma2_local (D=256
+# whatever the shape) the small 17 x 17 shape and alibi (a grad param) 130 x 70
+ROTATION = 3
 
 
-@pytest.mark.parametrize("name", EXAMPLE_NAMES)
-@pytest.mark.parametrize("M, N, Hq, Hkv, D", [SHAPES[0], SHAPES[2]])
+def _shape_id(shape):
+    return "-".join(map(str, shape))
+
+
+def _example_cases(full=FULL_MATRIX):
+    return [pytest.param(name, *shape, id=f"{_shape_id(shape)}-{name}")
+            for j, name in enumerate(EXAMPLE_NAMES)
+            for shape in (SHAPES if full else [SHAPES[(j + ROTATION) % len(SHAPES)]])]
+
+
+def test_default_example_cases_use_every_shape():
+    cases = [p.values for p in _example_cases(full=False)]
+    assert sorted(c[0] for c in cases) == EXAMPLE_NAMES  # every example, once
+    assert {c[1:] for c in cases} == set(SHAPES)
+    assert ("gemma2_local", *SHAPES[0]) in cases
+
+
+@pytest.mark.parametrize("name, M, N, Hq, Hkv, D", _example_cases())
 def test_examples_match_reference_gradients(name, M, N, Hq, Hkv, D):
     op = _op(name)
     if op.spec.head_dims and D not in op.spec.head_dims:
@@ -90,8 +130,16 @@ def test_examples_match_reference_gradients(name, M, N, Hq, Hkv, D):
     _check(op, 2, Hq, Hkv, M, N, D)
 
 
-@pytest.mark.parametrize("M, N, Hq, Hkv, D", SHAPES[1:2] + SHAPES[3:])
-@pytest.mark.parametrize("name", ["alibi", "t5_bias", "packed_docs"])
+# grad params (ALiBi slopes: per-program sums; the T5 table: atomics) and document runs on the
+# odd shapes; by default the ones the rotation above does not already give them
+ODD_SHAPES = [SHAPES[1], SHAPES[3], SHAPES[4]]
+ODD_DEFAULT = [("t5_bias", SHAPES[3]), ("packed_docs", SHAPES[1])]
+
+
+@pytest.mark.parametrize("name, M, N, Hq, Hkv, D", [
+    pytest.param(name, *shape, id=f"{name}-{_shape_id(shape)}")
+    for name, shape in ([(n, s) for n in ["alibi", "t5_bias", "packed_docs"] for s in ODD_SHAPES]
+                        if FULL_MATRIX else ODD_DEFAULT)])
 def test_odd_shapes_and_q_longer_than_kv(name, M, N, Hq, Hkv, D):
     _check(_op(name), 2, Hq, Hkv, M, N, D)
 

@@ -3,10 +3,23 @@ the fp16/bf16 kernels for sm_90 use Hopper's wgmma.
 
 Runs the CLI in subprocesses with TRITON_INTERPRET=0 (compiled, not interpreted, kernels) and
 private attngen and Triton caches, so timings are those of a cold CI run. Compiling is
-single-threaded and slow (minutes for the sm_90 sweep), so every compile command of this module
-starts at once, ATTNGEN_COMPILE_JOBS at a time (default: the CPU count, at most 4); the sweep
-``attngen compile examples/*.attn --arch 90 --dtype bf16,fp16`` runs as one command per spec
-(the same command on a subset of the files: the same output lines and exit status).
+single-threaded and slow, so every compile command of this module starts at once,
+ATTNGEN_COMPILE_JOBS at a time (default: the CPU count, at most 4); the sweep runs as one command
+per spec (the same command on a subset of the files: the same output lines and exit status).
+
+Default run (about two minutes on two cores; the full matrix about five):
+
+* the sm_90 sweep ``attngen compile examples/*.attn --arch 90 --dtype bf16 --head-dim 128``
+  (a spec's own head dim where it has one): every kernel of every example -- forward, the
+  backward's preprocess / dK-dV / dQ, and packed_docs' ``_document_runs`` -- compiles, and every
+  kernel with a matrix product uses wgmma;
+* fp16 on sm_90 with wgmma: every kernel of ``llama`` at D=80 (a head dim that is not a power
+  of two) and an inline spec with an integer power (forward, D=64);
+* D=16 (every kernel of ``llama4_chunked``, bf16), fp32 (llama forward, D=32, no wgmma needed)
+  and sm_80 (llama forward, bf16 and fp16, D=64, no wgmma).
+
+``ATTNGEN_FULL_MATRIX=1`` runs the sweep for ``--dtype bf16,fp16`` (fp16 for every kernel of
+every example as well) and the fp32 forward at D=64 too.
 """
 
 from __future__ import annotations
@@ -32,7 +45,13 @@ EXAMPLE_PATHS = sorted((REPO / "examples").glob("*.attn"))
 EXAMPLE_ARGS = [f"examples/{p.name}" for p in EXAMPLE_PATHS]
 COMMAND_LIMIT_S = 900
 JOBS = int(os.environ.get("ATTNGEN_COMPILE_JOBS") or min(os.cpu_count() or 1, 4))
-SWEEP = ("--arch", "90", "--dtype", "bf16,fp16", "--head-dim", "128")  # the spec's own if it has one
+FULL_MATRIX = os.environ.get("ATTNGEN_FULL_MATRIX") == "1"
+# fp16 has every kernel of llama compiled for sm_90 below ("d80"); the full matrix adds it here
+SWEEP_DTYPES = ("bf16", "fp16") if FULL_MATRIX else ("bf16",)
+SWEEP = ("--arch", "90", "--dtype", ",".join(SWEEP_DTYPES),
+         "--head-dim", "128")  # the spec's own if it has one
+# fp32 (ieee dot products, no tensor cores) compiles slowly, about twice as long at D=64 as at 32
+FP32_DIMS = (32, 64) if FULL_MATRIX else (32,)
 INT_POW_SPEC = "attention ipow {\n    score score + 0.001 * (kv - q) ** 5\n}\n"
 
 LINE = re.compile(
@@ -64,8 +83,8 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compile")
     (tmp / "ipow.attn").write_text(INT_POW_SPEC, encoding="utf-8")
     commands = {  # the slowest first
-        "fp32": ("examples/llama.attn", "--arch", "90", "--dtype", "fp32", "--head-dim", "64",
-                 "--kernels", "fwd"),
+        "fp32": ("examples/llama.attn", "--arch", "90", "--dtype", "fp32", "--head-dim",
+                 ",".join(map(str, FP32_DIMS)), "--kernels", "fwd"),
         **{f"sweep:{a}": (a, *SWEEP) for a in sorted(
             EXAMPLE_ARGS, key=lambda a: "gemma2_local" not in a)},
         "sm80": ("examples/llama.attn", "--arch", "80", "--dtype", "bf16,fp16", "--head-dim",
@@ -86,7 +105,7 @@ def runs(tmp_path_factory):
     print(f"\nattngen compile, {JOBS} jobs: all commands {wall:.1f} s wall; sm_90 sweep "
           f"{sum(len(r[1]) for r in sweep)} kernels of {len(sweep)} specs in "
           f"{sum(r[2] for r in sweep):.1f} s of compile commands; " +
-          ", ".join(f"{n} {r[2]:.1f} s" for n, r in results.items() if not n.startswith("sweep")))
+          ", ".join(f"{n} {r[2]:.1f} s" for n, r in results.items()))
     return results
 
 
@@ -115,26 +134,35 @@ def _uses_matmul(kernel: str) -> bool:
 @pytest.mark.parametrize("path", EXAMPLE_PATHS, ids=lambda p: p.stem)
 def test_sm90_each_example_uses_wgmma(sm90_sweep, path):
     lines = sm90_sweep[3]
-    for attention in attngen.parse_and_check(path.read_text(encoding="utf-8"), str(path)):
-        fwd = f"{attention.name}_fwd"
-        mine = [ln for ln in lines if ln["path"] == f"examples/{path.name}"
-                and attention.name in ln["kernel"]]
-        dims = set(attention.head_dims or (128,))
-        kernels = {ln["kernel"] for ln in mine}
-        assert fwd in kernels
-        for dtype in ("bf16", "fp16"):
-            assert dtype in attention.dtypes
-            for d in dims:
-                got = [ln for ln in mine if ln["dtype"] == dtype and int(ln["d"]) == d]
-                # every kernel of the module, once, for each dtype and head dim
-                assert sorted(ln["kernel"] for ln in got) == sorted(kernels), (dtype, d, got)
-                for ln in got:
-                    assert ln["arch"] == "90"
-                    assert int(ln["smem"]) > 0 and int(ln["cubin"]) > 0
-                    if _uses_matmul(ln["kernel"]):
-                        assert ln["wgmma"] == "yes", f"{ln['kernel']} {dtype} D={d}: no wgmma"
-        assert {ln["dtype"] for ln in mine} == {"bf16", "fp16"}
-        assert {int(ln["d"]) for ln in mine} == dims
+    # one attention per example, so every line of the file is its kernel (_document_runs is
+    # shared by name across specs and does not carry the attention's name)
+    (attention,) = attngen.parse_and_check(path.read_text(encoding="utf-8"), str(path))
+    fwd = f"{attention.name}_fwd"
+    mine = [ln for ln in lines if ln["path"] == f"examples/{path.name}"]
+    dims = set(attention.head_dims or (128,))
+    kernels = {ln["kernel"] for ln in mine}
+    # every kernel the spec asks for, by name: the forward, the backward's three kernels, and
+    # the document-runs scan of a document() mask
+    expected = {fwd}
+    if "bwd" in attention.kernels:
+        expected |= {f"_{attention.name}_bwd_preprocess", f"{attention.name}_bwd_dkdv",
+                     f"{attention.name}_bwd_dq"}
+    if "document(" in attention.source:
+        expected.add("_document_runs")
+    assert kernels == expected
+    for dtype in SWEEP_DTYPES:
+        assert dtype in attention.dtypes
+        for d in dims:
+            got = [ln for ln in mine if ln["dtype"] == dtype and int(ln["d"]) == d]
+            # every kernel of the module, once, for each dtype and head dim
+            assert sorted(ln["kernel"] for ln in got) == sorted(kernels), (dtype, d, got)
+            for ln in got:
+                assert ln["arch"] == "90"
+                assert int(ln["smem"]) > 0 and int(ln["cubin"]) > 0
+                if _uses_matmul(ln["kernel"]):
+                    assert ln["wgmma"] == "yes", f"{ln['kernel']} {dtype} D={d}: no wgmma"
+    assert {ln["dtype"] for ln in mine} == set(SWEEP_DTYPES)
+    assert {int(ln["d"]) for ln in mine} == dims
 
 
 def _fwd_lines(lines, name="llama"):
@@ -143,12 +171,12 @@ def _fwd_lines(lines, name="llama"):
 
 
 def test_fp32_compile(runs):
-    # one head dim: fp32 kernels (ieee dot products, no tensor cores) compile slowly
+    # the forward only, at one head dim by default: fp32 kernels compile slowly
     proc, lines, elapsed = runs["fp32"]
-    print(f"\nllama fp32 D=64 sm_90 ({len(lines)} kernels): {elapsed:.1f} s")
+    print(f"\nllama fp32 D={FP32_DIMS} sm_90 ({len(lines)} kernels): {elapsed:.1f} s")
     assert proc.returncode == 0, _log(proc)
-    assert [f[:3] for f in _fwd_lines(lines)] == [("fp32", 64, "90")]
-    assert all(ln["dtype"] == "fp32" and ln["d"] == "64" for ln in lines)
+    assert [f[:3] for f in _fwd_lines(lines)] == [("fp32", d, "90") for d in FP32_DIMS]
+    assert all(ln["dtype"] == "fp32" and int(ln["d"]) in FP32_DIMS for ln in lines)
     assert not [ln for ln in lines if ln["missing"]]  # wgmma is not required for fp32
 
 
@@ -166,6 +194,10 @@ def test_head_dim_not_a_power_of_two(runs):
     proc, lines, _ = runs["d80"]
     assert proc.returncode == 0, _log(proc)
     assert _fwd_lines(lines) == [("fp16", 80, "90", "yes")]
+    # fp16 on sm_90 for every kernel (the default sweep compiles bf16 only)
+    assert sorted(ln["kernel"] for ln in lines) == sorted(
+        ["llama_fwd", "_llama_bwd_preprocess", "llama_bwd_dkdv", "llama_bwd_dq"])
+    assert all(ln["dtype"] == "fp16" and ln["arch"] == "90" for ln in lines)
     assert all(ln["wgmma"] == "yes" for ln in lines if _uses_matmul(ln["kernel"]))
 
 

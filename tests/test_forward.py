@@ -13,11 +13,26 @@ so input rounding is not counted as kernel error):
   (a fully masked row has out exactly 0 and lse -inf, never NaN). The LSE's relative error uses
   max(max|gold|, 1) as denominator, so rows whose LSE is near 0 do not blow the ratio up.
 
-The default run is a covering subset that stays at a few minutes on two cores: every example on a
-few shapes, every shape / GQA ratio / head dim / dtype on ``llama`` and on one param spec
-(``alibi``), inline specs with windows and chunks small enough to bite at these sizes, and the
-special cases. ``ATTNGEN_FULL_MATRIX=1`` adds the full cross product
-(examples x lengths x GQA x head dims x dtypes).
+The default run is a covering subset that stays around a minute and a half on two cores:
+
+* every example on two of ``EXAMPLE_SHAPES``, once in fp32 and once in fp16 (where its spec
+  allows), every shape in both dtypes across the examples;
+* every length pair of ``MN_PAIRS`` (odd lengths 1, 3, 17, 113, 239), GQA ratio (1:1, 4:1, 8:1),
+  head dim (16, 64, 80, 128) and dtype (fp32, fp16) on ``llama`` and on one param spec
+  (``alibi``);
+* inline specs with windows and chunks small enough to bite at these sizes (the soft cap without
+  a mask skips the multi-tile 239 x 239 shape);
+* fully masked rows: rows at negative positions (both dtypes), every row masked (each spec and
+  length pair in one dtype, alternating, so each meets both), -inf scores from ``where``;
+* layouts (non-contiguous inputs: each spec in one dtype, both used), scale, large inputs,
+  validation, autotuning keys, scalar params and powers;
+* backward: fp16 with 8:1 GQA and rows at negative positions (test_backward.py checks every
+  example's gradients in fp32).
+
+``ATTNGEN_FULL_MATRIX=1`` adds the full cross product (examples x lengths x GQA x head dims x
+dtypes), every example on all four ``EXAMPLE_SHAPES``, softcap30 at 239 x 239, every-row-masked
+and non-contiguous cases in both dtypes, and five more backward cases (llama fp32, ALiBi slopes,
+the T5 table, packed_docs, gemma2_local).
 
 bf16 is not tested: the Triton interpreter mishandles it.
 """
@@ -221,15 +236,36 @@ EXAMPLE_SHAPES = [
 ]
 
 
-def _example_cases():
+def _example_cases(full=FULL_MATRIX):
+    """Every example on every shape in the shape's dtype (full), or on two shapes: j and j + 2
+    for the j-th example, the first in fp32 for even j and fp16 for odd j, the second in the
+    other dtype; so every example runs in fp32 and fp16 (where its spec allows) and every shape
+    runs in both dtypes across the examples (the test below checks both)."""
     out = []
-    for name in EXAMPLE_NAMES:
-        for dtype_name, m, n, (hq, hkv), d in EXAMPLE_SHAPES:
+    for j, name in enumerate(EXAMPLE_NAMES):
+        if full:
+            picks = [(shape, shape[0]) for shape in EXAMPLE_SHAPES]
+        else:
+            first, other = ("fp32", "fp16") if j % 2 == 0 else ("fp16", "fp32")
+            picks = [(EXAMPLE_SHAPES[j % len(EXAMPLE_SHAPES)], first),
+                     (EXAMPLE_SHAPES[(j + 2) % len(EXAMPLE_SHAPES)], other)]
+        for (_, m, n, (hq, hkv), d), dtype_name in picks:
             dtype_name = dtype_name if dtype_name in example_dtypes(name) else "fp16"
             d = d if d in example_head_dims(name) else example_head_dims(name)[0]
             out.append(pytest.param(name, dtype_name, m, n, hq, hkv, d,
                                     id=f"{name}-{dtype_name}-M{m}-N{n}-H{hq}x{hkv}-D{d}"))
     return out
+
+
+def test_default_example_cases_cover_shapes_and_dtypes():
+    cases = [p.values for p in _example_cases(full=False)]
+    for name in EXAMPLE_NAMES:
+        assert {c[1] for c in cases if c[0] == name} == set(example_dtypes(name))
+    shapes = {(m, n, (hq, hkv), d) for _, m, n, (hq, hkv), d in EXAMPLE_SHAPES}
+    for dtype_name in DTYPES:
+        got = {(c[2], c[3], (c[4], c[5]), c[6]) for c in cases
+               if c[1] == dtype_name and c[0] not in ("gemma2_local", "llama4_chunked")}
+        assert got == shapes, dtype_name
 
 
 @pytest.mark.parametrize("name, dtype_name, m, n, hq, hkv, d", _example_cases())
@@ -320,10 +356,18 @@ INLINE_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("dtype_name, m, n, hq, hkv, d", [
-    pytest.param(*s[:3], *s[3], s[4], id=f"{s[0]}-M{s[1]}-N{s[2]}-H{s[3][0]}x{s[3][1]}-D{s[4]}")
-    for s in INLINE_SHAPES])
-@pytest.mark.parametrize("which", list(INLINE))
+
+
+def _inline_cases(full=FULL_MATRIX):
+    """Every inline spec on every shape; by default softcap30 (no mask: every key tile is FULL
+    at any length) skips the multi-tile 239 x 239 shape, which is there for the masks."""
+    return [pytest.param(which, s[0], s[1], s[2], *s[3], s[4],
+                         id=f"{which}-{s[0]}-M{s[1]}-N{s[2]}-H{s[3][0]}x{s[3][1]}-D{s[4]}")
+            for which in INLINE for s in INLINE_SHAPES
+            if full or not (which == "softcap30" and s[1] == 239)]
+
+
+@pytest.mark.parametrize("which, dtype_name, m, n, hq, hkv, d", _inline_cases())
 def test_inline_spec_matches_reference(which, dtype_name, m, n, hq, hkv, d):
     op = inline(INLINE[which])
     seed = _seed(which, dtype_name, m, n, hq, hkv, d)
@@ -374,13 +418,32 @@ def test_rows_at_negative_positions_are_empty(name, dtype_name):
     _assert_rows_empty(out, lse, rows)
 
 
-@pytest.mark.parametrize("m, n", [(17, 113), (113, 17), (1, 1)])
-@pytest.mark.parametrize("text", ["attention nokeys { mask kv < 0 }",
-                                  "attention nothing { mask none }",
-                                  "attention allneginf { score where(kv >= 0, -inf, score) }"])
-def test_every_row_masked(text, m, n):
+EVERY_ROW_MASKED = ["attention nokeys { mask kv < 0 }", "attention nothing { mask none }",
+                    "attention allneginf { score where(kv >= 0, -inf, score) }"]
+EVERY_ROW_MASKED_MN = [(17, 113), (113, 17), (1, 1)]
+
+
+def _every_row_masked_cases(full=FULL_MATRIX):
+    """Each spec x lengths, in both dtypes (full) or in one, alternating: each spec and each
+    length pair still meets both dtypes."""
+    return [pytest.param(text, m, n, dtypes, id=f"{text}-{m}-{n}-{'-'.join(dtypes)}")
+            for j, text in enumerate(EVERY_ROW_MASKED)
+            for i, (m, n) in enumerate(EVERY_ROW_MASKED_MN)
+            for dtypes in [list(DTYPES) if full else [list(DTYPES)[(i + j) % len(DTYPES)]]]]
+
+
+def test_every_row_masked_cases_meet_both_dtypes():
+    cases = [p.values for p in _every_row_masked_cases(full=False)]
+    for text in EVERY_ROW_MASKED:
+        assert {d for c in cases if c[0] == text for d in c[3]} == set(DTYPES)
+    for m, n in EVERY_ROW_MASKED_MN:
+        assert {d for c in cases if c[1:3] == (m, n) for d in c[3]} == set(DTYPES)
+
+
+@pytest.mark.parametrize("text, m, n, dtype_names", _every_row_masked_cases())
+def test_every_row_masked(text, m, n, dtype_names):
     op = inline(text)
-    for dtype_name in DTYPES:
+    for dtype_name in dtype_names:
         q, k, v = make_qkv(BATCH, 4, 2, m, n, 64, DTYPES[dtype_name], seed=m + n)
         out, lse = op(q, k, v, return_lse=True)
         _assert_rows_empty(out, lse, torch.ones(BATCH, 4, m, dtype=torch.bool))
@@ -418,8 +481,9 @@ def test_empty_query_and_empty_keys():
 # ---- layouts, scale, magnitude -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype_name", list(DTYPES))
-@pytest.mark.parametrize("name", ["llama", "alibi", "packed_docs"])
+@pytest.mark.parametrize("name, dtype_name", [
+    (name, dtype_name) for j, name in enumerate(["llama", "alibi", "packed_docs"])
+    for i, dtype_name in enumerate(DTYPES) if FULL_MATRIX or (i + j) % 2 == 0])
 def test_non_contiguous_inputs(name, dtype_name):
     # q, k, v as transposed views of [B, M, H, D] tensors (the layout a fused QKV projection
     # gives); params as strided views
@@ -593,16 +657,19 @@ def test_rejects_param_on_another_device(no_launch):
 
 # ---- backward: gradients of out and lse against the float64 golden ---------------------------
 
-# (name, dtype, M, N, (Hq, Hkv), D, param that requires grad)
+# (name, dtype, M, N, (Hq, Hkv), D, param that requires grad); test_backward.py checks every
+# example's fp32 gradients, so the default run here keeps what it does not: fp16 with 8:1 GQA,
+# and rows at negative positions (exactly zero gradients)
 BACKWARD_CASES = [
-    ("llama", "fp32", 17, 113, (8, 2), 64, None),
     ("llama", "fp16", 17, 113, (8, 1), 64, None),
     ("llama", "fp32", 20, 7, (4, 2), 16, None),  # rows at negative positions: zero gradients
+] + ([
+    ("llama", "fp32", 17, 113, (8, 2), 64, None),
     ("alibi", "fp32", 17, 40, (4, 2), 64, "slopes"),
     ("t5_bias", "fp32", 17, 40, (4, 2), 64, "table"),
     ("packed_docs", "fp32", 17, 40, (4, 2), 80, None),
     ("gemma2_local", "fp32", 17, 40, (2, 1), 256, None),
-]
+] if FULL_MATRIX else [])
 
 
 def _grads(fn, q, k, v, params, grad_param, w_out, w_lse):

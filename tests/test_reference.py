@@ -6,12 +6,34 @@ mask (keep where true), softmax over keys, @ v. Positions are bottom-right align
 sits at q = i + N - M, key j at kv = j. GQA: query head h reads kv head h // (Hq // Hkv). A row
 whose every key is masked gives out = 0 and lse = -inf. An index outside a param's extent reads 0.
 Goldens are float64 on CPU.
+
+The default run is a covering subset (about 15 s on two cores; the full matrix about 25 s):
+
+* every example on every length pair of ``MN_PAIRS`` (odd lengths 1, 3, 17, 113; q_len < kv_len
+  too), with the heads (Hq x Hkv of 4x4, 4x1, 8x2) and head dim (16, 64) rotating so that each
+  example meets every head layout and head dim (``test_default_cases_cover_every_value`` checks
+  that);
+* every inline spec on ``DEFAULT_INLINE_MN`` (1, 3, 17, 113, q_len < kv_len and q_len > kv_len),
+  alternating between 1:1 and 4:1 GQA;
+* the lower-precision check for every example in fp32 or fp16 (both dtypes used), four float
+  literals (three that float32 cannot hold, one it can);
+* unchanged: explicit scales, the examples at their real window and chunk sizes, builtin
+  functions, floor division, packed-document and prefix patterns, fully masked rows (every row,
+  the last row, rows before the sequence, empty keys), gradients and gradchecks, validation.
+
+Specs are parsed and checked but not built: the reference needs no kernel module (one test checks
+that ``attngen.load(...).reference`` is this same function).
+
+``ATTNGEN_FULL_MATRIX=1`` runs the full cross products instead: every example x length pair x
+GQA ratio x head dim, every inline spec x both GQA ratios x ``MN_PAIRS + MN_LONGER_Q``, every
+example in both fp32 and fp16, and all eight float literals.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import zlib
 from pathlib import Path
 
@@ -19,6 +41,7 @@ import pytest
 import torch
 
 import attngen
+from attngen.reference import reference as eager_reference
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 F64 = torch.float64
@@ -30,16 +53,40 @@ MN_PAIRS = [(1, 1), (3, 3), (17, 17), (113, 113), (1, 17), (3, 113), (17, 113)]
 MN_LONGER_Q = [(5, 3), (17, 5)]
 GQA = [(4, 4), (4, 1), (8, 2)]
 B = 3  # three rows, so prefix_lm can have a prefix of 0, one inside and one past kv_len
+FULL_MATRIX = os.environ.get("ATTNGEN_FULL_MATRIX") == "1"
+INLINE_GQA = [(4, 4), (8, 2)]
+# the inline specs' default lengths: odd, q_len < kv_len and q_len > kv_len
+DEFAULT_INLINE_MN = [(1, 1), (3, 3), (17, 17), (113, 113), (3, 113), (17, 5)]
+
+
+class Reference:
+    """A checked spec and its eager reference, ``attngen.reference.reference``: what
+    ``AttentionOp.reference`` evaluates (``test_op_reference_is_this_reference`` checks that),
+    without rendering and importing the spec's kernel module, which costs most of a second per
+    spec and is tested in test_build.py and test_forward.py."""
+
+    def __init__(self, attention):
+        self.spec = attention
+        self.name = attention.name
+
+    def reference(self, q, k, v, **kwargs):
+        return eager_reference(self.spec, q, k, v, **kwargs)
+
+
+def _checked(source: str, path: str | None = None) -> Reference:
+    (attention,) = attngen.parse_and_check(source, path)
+    return Reference(attention)
 
 
 @functools.cache
-def example(name: str) -> attngen.AttentionOp:
-    return attngen.load(EXAMPLES / f"{name}.attn")
+def example(name: str) -> Reference:
+    path = EXAMPLES / f"{name}.attn"
+    return _checked(path.read_text(encoding="utf-8"), str(path))
 
 
 @functools.cache
-def inline(text: str) -> attngen.AttentionOp:
-    return attngen.load(text)
+def inline(text: str) -> Reference:
+    return _checked(text)
 
 
 def _seed(*parts) -> int:
@@ -201,15 +248,83 @@ def test_every_example_has_a_formula():
     assert {p.stem for p in EXAMPLES.glob("*.attn")} == set(CASES)
 
 
-def _example_params():
+@pytest.mark.parametrize("name", ["alibi", "packed_docs"])
+def test_op_reference_is_this_reference(name):
+    """The loaded op's ``reference`` (the public API) gives exactly what this file tests, and
+    validates its inputs the same way."""
+    op = attngen.load(EXAMPLES / f"{name}.attn")
+    assert op.spec == example(name).spec
+    m, n = 17, 40
+    q, k, v = make_qkv(B, 4, 2, m, n, 16, seed=31)
+    params, _, _ = CASES[name](B, 4, m, n, torch.Generator().manual_seed(6))
+    for return_lse in (False, True):
+        got = op.reference(q, k, v, scale=0.5, return_lse=return_lse, **params)
+        want = example(name).reference(q, k, v, scale=0.5, return_lse=return_lse, **params)
+        got, want = (list(x) if return_lse else [x] for x in (got, want))
+        assert len(got) == len(want) == (2 if return_lse else 1)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=0, rtol=0)
+    messages = []
+    for ref in (op, example(name)):
+        with pytest.raises(ValueError) as info:
+            ref.reference(q, k, v)  # the param is missing
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "missing param" in messages[0]
+
+
+def _example_head_dims(name):
+    return (256,) if name == "gemma2_local" else (16, 64)
+
+
+def _example_params(full=FULL_MATRIX):
+    """Every example x length pair; GQA ratio and head dim either all (full) or rotating with
+    the pair's and the example's index (7 consecutive indices meet all 3 x 2 combinations)."""
     out = []
-    for name in CASES:
-        for d in ((256,) if name == "gemma2_local" else (16, 64)):
-            for hq, hkv in GQA:
-                for m, n in MN_PAIRS:
-                    out.append(pytest.param(name, m, n, hq, hkv, d,
-                                            id=f"{name}-M{m}-N{n}-H{hq}x{hkv}-D{d}"))
+    for j, name in enumerate(CASES):
+        dims = _example_head_dims(name)
+        for i, (m, n) in enumerate(MN_PAIRS):
+            combos = [(g, d) for d in dims for g in GQA] if full else \
+                [(GQA[(i + j) % len(GQA)], dims[(i + j) % len(dims)])]
+            for (hq, hkv), d in combos:
+                out.append(pytest.param(name, m, n, hq, hkv, d,
+                                        id=f"{name}-M{m}-N{n}-H{hq}x{hkv}-D{d}"))
     return out
+
+
+def _inline_params(full=FULL_MATRIX):
+    """Every inline spec x lengths; GQA ratios all (full) or alternating."""
+    out = []
+    for j, name in enumerate(INLINE):
+        for i, (m, n) in enumerate(MN_PAIRS + MN_LONGER_Q if full else DEFAULT_INLINE_MN):
+            for hq, hkv in INLINE_GQA if full else [INLINE_GQA[(i + j) % len(INLINE_GQA)]]:
+                out.append(pytest.param(name, m, n, hq, hkv, id=f"{name}-M{m}-N{n}-H{hq}x{hkv}"))
+    return out
+
+
+def test_default_cases_cover_every_value():
+    """The default (covering) subsets still meet every value: each example every length pair,
+    GQA ratio and head dim, each inline spec every default length and both GQA ratios."""
+    cases = [p.values for p in _example_params(full=False)]
+    for name in CASES:
+        mine = [c for c in cases if c[0] == name]
+        assert sorted((c[1], c[2]) for c in mine) == sorted(MN_PAIRS)
+        assert {(c[3], c[4]) for c in mine} == set(GQA)
+        assert {c[5] for c in mine} == set(_example_head_dims(name))
+        # every head dim with more than one GQA ratio
+        for d in _example_head_dims(name):
+            assert len({(c[3], c[4]) for c in mine if c[5] == d}) >= 2
+    assert {1, 3, 17, 113} <= {c[1] for c in cases}
+    inline_cases = [p.values for p in _inline_params(full=False)]
+    for name in INLINE:
+        mine = [c for c in inline_cases if c[0] == name]
+        assert sorted((c[1], c[2]) for c in mine) == sorted(DEFAULT_INLINE_MN)
+        assert {(c[3], c[4]) for c in mine} == set(INLINE_GQA)
+    assert any(m < n for m, n in DEFAULT_INLINE_MN) and any(m > n for m, n in DEFAULT_INLINE_MN)
+    # and the full matrix is the cross product
+    assert len(_example_params(full=True)) == sum(
+        len(MN_PAIRS) * len(GQA) * len(_example_head_dims(n)) for n in CASES)
+    assert len(_inline_params(full=True)) == \
+        len(INLINE) * len(INLINE_GQA) * len(MN_PAIRS + MN_LONGER_Q)
 
 
 @pytest.mark.parametrize("name, m, n, hq, hkv, d", _example_params())
@@ -372,15 +487,6 @@ INLINE = {
     "small_table": ("attention st { param t: f32[H, 8]\n score score + t[h, kv - q + 4] }",
                     _case_small_table),
 }
-
-
-def _inline_params():
-    out = []
-    for name in INLINE:
-        for hq, hkv in [(4, 4), (8, 2)]:
-            for m, n in MN_PAIRS + MN_LONGER_Q:
-                out.append(pytest.param(name, m, n, hq, hkv, id=f"{name}-M{m}-N{n}-H{hq}x{hkv}"))
-    return out
 
 
 @pytest.mark.parametrize("name, m, n, hq, hkv", _inline_params())
@@ -719,7 +825,8 @@ def _literal_check(literal):
 
 # literals float32 cannot hold exactly must keep float64 precision in a float64 golden
 # (regression: they were once built as float32 tensors, 0.1 -> 0.10000000149011612)
-@pytest.mark.parametrize("literal", [0.5, 0.375, 1.25, 30.0, 0.1, 0.3, 1e-3, 2.0 / 3.0])
+@pytest.mark.parametrize("literal", [0.5, 0.375, 1.25, 30.0, 0.1, 0.3, 1e-3, 2.0 / 3.0]
+                         if FULL_MATRIX else [0.375, 0.1, 1e-3, 2.0 / 3.0])
 def test_float_literals_keep_float64_precision(literal):
     _literal_check(literal)
 
@@ -727,11 +834,25 @@ def test_float_literals_keep_float64_precision(literal):
 # ---- lower precision ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype, tol", [
-    (torch.float32, {"atol": 2e-5, "rtol": 2e-5}),
-    (torch.float16, {"atol": 3e-2, "rtol": 3e-2}),
-], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("name", list(CASES))
+LOWER = {"fp32": (torch.float32, {"atol": 2e-5, "rtol": 2e-5}),
+         "fp16": (torch.float16, {"atol": 3e-2, "rtol": 3e-2})}
+
+
+def _lower_precision_params(full=FULL_MATRIX):
+    """Every example in both dtypes (full) or in one, alternating (both dtypes used)."""
+    dtypes = list(LOWER)
+    return [pytest.param(name, *LOWER[dt], id=f"{dt}-{name}")
+            for j, name in enumerate(CASES)
+            for dt in (dtypes if full else [dtypes[j % len(dtypes)]])]
+
+
+def test_lower_precision_default_uses_both_dtypes():
+    cases = [p.values for p in _lower_precision_params(full=False)]
+    assert sorted(c[0] for c in cases) == sorted(CASES)
+    assert {c[1] for c in cases} == {dt for dt, _ in LOWER.values()}
+
+
+@pytest.mark.parametrize("name, dtype, tol", _lower_precision_params())
 def test_lower_precision_close_to_float64(name, dtype, tol):
     m, n = 17, 113
     d = 256 if name == "gemma2_local" else 64
