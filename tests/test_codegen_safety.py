@@ -25,6 +25,7 @@ import attngen.cache
 from attngen import SpecError, checker
 from attngen import runtime  # before triton: with no GPU this selects the Triton interpreter
 from attngen.render import render
+from test_spec_errors import as_params, check_error, spec, xfail  # the spec-error suite's helpers
 
 pytestmark = [
     # the Triton interpreter's own noise
@@ -36,25 +37,6 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() and not runtime.interp
                       else "cpu")
 F64 = torch.float64
 TOL = 1e-4  # max |kernel - golden| / max |golden|, fp32 kernels against the float64 reference
-
-
-def spec(*lines: str) -> str:
-    return "\n".join(lines) + "\n"
-
-
-def xfail(reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-def check_error(source: str) -> SpecError:
-    """The SpecError that ``source`` raises; any other outcome fails the test."""
-    try:
-        result = attngen.parse_and_check(source)
-    except SpecError as err:
-        return err
-    except Exception as err:  # noqa: BLE001 - the point is to fail on anything but SpecError
-        pytest.fail(f"expected SpecError, got {type(err).__name__}: {err}")
-    pytest.fail(f"expected SpecError, but the spec checked fine: {[a.name for a in result]}")
 
 
 # ---- hostile specs that must fail with a SpecError ----------------------------------------------
@@ -166,15 +148,7 @@ REJECTED += [
 ]
 
 
-def _params(cases):
-    for case in cases:
-        if hasattr(case, "marks"):  # already a pytest.param, with marks
-            yield pytest.param(*case.values, marks=case.marks, id=case.values[0])
-        else:
-            yield pytest.param(*case, id=case[0])
-
-
-@pytest.mark.parametrize("name, source, line, column, fragment", list(_params(REJECTED)))
+@pytest.mark.parametrize("name, source, line, column, fragment", list(as_params(REJECTED)))
 def test_hostile_spec_is_rejected(name, source, line, column, fragment):
     err = check_error(source)
     assert (err.line, err.column) == (line, column), err.message

@@ -543,7 +543,8 @@ CASES = [
 ]
 
 
-def _params(cases):
+def as_params(cases):
+    """pytest params of (name, source, line, column, fragment) cases, with ids."""
     for case in cases:
         if hasattr(case, "marks"):  # already a pytest.param, with marks
             yield pytest.param(*case.values, marks=case.marks, id=case.values[0])
@@ -551,7 +552,7 @@ def _params(cases):
             yield pytest.param(*case, id=case[0])
 
 
-@pytest.mark.parametrize("name, source, line, column, fragment", list(_params(CASES)))
+@pytest.mark.parametrize("name, source, line, column, fragment", list(as_params(CASES)))
 def test_spec_error(name, source, line, column, fragment):
     err = check_error(source)
     assert isinstance(err, SpecError)
@@ -565,7 +566,7 @@ def test_spec_error(name, source, line, column, fragment):
 
 
 def test_case_table_is_large_and_ids_unique():
-    ids = [p.id for p in _params(CASES)]
+    ids = [p.id for p in as_params(CASES)]
     assert len(ids) == len(set(ids))
     assert len(ids) >= 35
 
