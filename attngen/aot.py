@@ -22,7 +22,7 @@ from .runtime import TORCH_DTYPES, fix_known_compiler_issues
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
                  torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}
 _INPUT_POINTERS = {"Q", "K", "V", "Out", "DO", "DQ", "DK", "DV"}  # the inputs' dtype
-_FP32_POINTERS = {"Lse", "Delta", "DLse"}  # and the param-gradient buffers G<i>
+_FP32_POINTERS = {"Lse", "Delta", "DLse", "Part", "PartLse"}  # and param-gradient buffers G<i>
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def _signature(module, fn, dtype: torch.dtype, head_dim: int) -> tuple[dict, dic
             sig[name] = f"*{_TRITON_TYPES[TORCH_DTYPES[params[name[2:]].dtype]]}"
         elif name == "Trace":
             sig[name] = "*i8"
-        elif name.startswith(("doc_runs_", "doc_sorted_")) or name in ("Runs", "Sorted"):
+        elif name.startswith(("doc_runs_", "doc_sorted_")) or name in ("Runs", "Sorted", "KvLen",
+                                                                         "PageTable"):
             sig[name] = "*i32"
         elif name == "Ids":  # the document runs kernel reads a document table
             sig[name] = f"*{_TRITON_TYPES[TORCH_DTYPES[params[module.DOCUMENTS[0]].dtype]]}"
@@ -67,8 +68,9 @@ def _signature(module, fn, dtype: torch.dtype, head_dim: int) -> tuple[dict, dic
     return sig, attrs
 
 
-def kernels_of(module, which: tuple[str, ...] = ("fwd", "bwd")) -> list[str]:
-    """Names of the generated kernels of a module, in pipeline order (``which``: fwd, bwd)."""
+def kernels_of(module, which: tuple[str, ...] = ("fwd", "bwd", "decode")) -> list[str]:
+    """Names of the generated kernels of a module, in pipeline order (``which``: fwd, bwd,
+    decode; a group the spec does not build is skipped)."""
     names = []
     if "fwd" in which:
         names += ["_document_runs"] if module.DOCUMENTS else []
@@ -76,6 +78,8 @@ def kernels_of(module, which: tuple[str, ...] = ("fwd", "bwd")) -> list[str]:
     if "bwd" in which and hasattr(module, f"{module.NAME}_bwd_dq"):
         names += [f"_{module.NAME}_bwd_preprocess", f"{module.NAME}_bwd_dkdv",
                   f"{module.NAME}_bwd_dq"]
+    if "decode" in which and hasattr(module, f"{module.NAME}_decode_kernel"):
+        names += [f"{module.NAME}_decode_kernel", f"_{module.NAME}_decode_combine"]
     return names
 
 
@@ -89,15 +93,21 @@ def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch:
         fn = obj.fn
         config = fix_known_compiler_issues([obj.configs[config_index]], block_d)[0]
         flags = module.BWD_FLAGS if "_bwd_" in kernel else module.FWD_FLAGS
+        if kernel.endswith("_decode_kernel"):  # the paged variant, one token of 4:1 GQA
+            flags = dict(flags, PAGED=True, BLOCK_M=16)
         constants.update(PRECISION="ieee" if dtype == torch.float32 else "tf32", **flags,
                          **config.kwargs)
         num_warps, num_stages = config.num_warps, config.num_stages
-        label = (f"m={config.kwargs['BLOCK_M']} n={config.kwargs['BLOCK_N']} "
+        label = (f"m={constants['BLOCK_M']} n={constants['BLOCK_N']} "
                  f"warps={num_warps} stages={num_stages}")
     elif kernel == "_document_runs":  # metadata of document masks: fixed launch
         fn = obj
         constants = {"BLOCK": 1024}
         num_warps, num_stages, label = 4, 1, "block=1024"
+    elif kernel.endswith("_decode_combine"):  # merges the splits' partial outputs
+        fn = obj
+        constants.update(BLOCK_S=16)
+        num_warps, num_stages, label = 4, 1, "splits=16"
     else:  # the backward's preprocess kernel: fixed launch
         fn = obj
         constants.update(HAS_DLSE=True, BLOCK_M=64)

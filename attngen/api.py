@@ -56,6 +56,32 @@ class AttentionOp:
         return self.module.trace_tiles(q, k, v, kernel=kernel, block_m=block_m, block_n=block_n,
                                        **params)
 
+    def decode(self, q, k_cache, v_cache, *, kv_len=None, page_table=None, scale=None,
+               return_lse=False, num_splits=None, **params):
+        """Attention of a few new queries against a KV cache (inference; no backward).
+
+        q [B, Hq, q_len, D]; caches [B, Hkv, capacity, D], or paged [num_pages, Hkv, page_size,
+        D] with ``page_table`` int32 [B, max_pages]; ``kv_len`` int32 [B] valid keys per sequence
+        (default: the capacity). Positions are bottom-right per sequence, as in training.
+        """
+        return getattr(self._decode_module(), f"{self.name}_decode")(
+            q, k_cache, v_cache, kv_len=kv_len, page_table=page_table, scale=scale,
+            return_lse=return_lse, num_splits=num_splits, **params)
+
+    def trace_decode_tiles(self, q, k_cache, v_cache, *, kv_len=None, page_table=None,
+                           block_n=16, num_splits=None, **params):
+        """Debugging: the key tiles the decode kernel visits with this block_n, int8 [B, Hkv,
+        row blocks, key tiles]: 0 skipped (EMPTY), 1 PARTIAL, 2 FULL (no mask math)."""
+        return self._decode_module().trace_decode_tiles(
+            q, k_cache, v_cache, kv_len=kv_len, page_table=page_table, block_n=block_n,
+            num_splits=num_splits, **params)
+
+    def _decode_module(self):
+        if "decode" not in self.spec.kernels:
+            raise NotImplementedError(f"{self.name}: the spec's `kernels` statement leaves out "
+                                      f"decode; add it to get decode kernels")
+        return self.module
+
     def __repr__(self) -> str:
         return f"<attngen op {self.spec.summary()}>"
 

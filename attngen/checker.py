@@ -36,12 +36,13 @@ MASK_BUILTINS = {"causal": None, "window": (1, 2), "chunk": (1, 1), "document": 
 # Names of the op's own arguments, op(q, k, v, *, scale, return_lse, deterministic, **params),
 # and of its module's trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params)
 OP_ARGUMENTS = {"k", "v", "scale", "return_lse", "deterministic", "self", "params", "kernel",
-                "block_m", "block_n"}
+                "block_m", "block_n", "k_cache", "v_cache", "kv_len", "page_table", "num_splits"}
 # Globals of a generated module, which an attention (its op function) must not shadow, and
 # modules it imports (a generated NAME.py must not shadow one of them either)
 MODULE_GLOBALS = {"torch", "triton", "tl", "libdevice", "runtime", "NAME", "SPEC", "SPEC_HASH",
                   "PARAMS", "DTYPES", "HEAD_DIMS", "INF", "LOG2E", "LN2", "BIG", "FWD_FLAGS",
-                  "BWD_FLAGS", "DOCUMENTS", "GRAD_TERMS", "trace_tiles", "attngen", "os"}
+                  "BWD_FLAGS", "DOCUMENTS", "GRAD_TERMS", "trace_tiles", "trace_decode_tiles",
+                  "attngen", "os"}
 # Python's builtins: the generated module and its kernels call some (dict, zip, range, float)
 PYTHON_BUILTINS = frozenset(name for name in dir(builtins) if not name.startswith("_"))
 RESERVED = set(POSITIONS) | set(CONSTANTS) | set(FUNCTIONS) | set(MASK_BUILTINS) | {"score"}

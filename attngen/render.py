@@ -85,6 +85,10 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "score_grad_text": low.score_grad_text,
         "grad_terms": low.grad_terms,
         "has_bwd": "bwd" in attention.kernels,
+        "has_decode": "decode" in attention.kernels,
+        "mask_uses_head": any(isinstance(n, ir.Name) and n.id == "h" for n in ir.walk(attention.mask)),
+        "decode_fixed": _knobs(attention.blocks, "decode", as_list=False),
+        "decode_space": _knobs(attention.tune, "decode", as_list=True),
     }
     text = _environment().get_template("module.py.jinja").render(**context)
     return black.format_str(text, mode=black.Mode(line_length=LINE_LENGTH))

@@ -60,37 +60,55 @@ def _shape(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
 
 
+def _listing(names: Sequence[str]) -> str:
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _check_tensors(op: str, q: Any, k: Any, v: Any, *, dtypes: Sequence[str] | None,
+                   require_contiguous_last_dim: bool, names=("q", "k", "v"),
+                   layouts=("[batch, heads, seq_len, head_dim]",) * 3) -> None:
+    """Type, rank, dtype, device and layout of q, k, v (``names`` as the caller's arguments)."""
+    for arg, t, layout in zip(names, (q, k, v), layouts):
+        if not isinstance(t, torch.Tensor):
+            _fail(op, f"{arg} must be a torch.Tensor {layout}, got {type(t).__name__}")
+        if t.ndim != 4:
+            _fail(op, f"{arg} must have 4 dimensions {layout}, got {t.ndim} (shape {_shape(t)})")
+        if not t.is_floating_point():
+            _fail(op, f"{arg} must be a floating-point tensor, got {t.dtype}")
+        if require_contiguous_last_dim and t.stride(-1) != 1 and t.shape[-1] > 1:
+            _fail(op, f"{arg} must be contiguous in its last dimension (stride 1), got strides "
+                      f"{tuple(t.stride())}; call .contiguous()")
+    for arg, t in zip(names[1:], (k, v)):
+        if t.dtype != q.dtype:
+            _fail(op, f"{arg} has dtype {t.dtype} but q has dtype {q.dtype}; {_listing(names)} "
+                      f"must share one dtype")
+    if dtypes is not None:
+        allowed = [SPEC_DTYPES[d] for d in dtypes]
+        if q.dtype not in allowed:
+            _fail(op, f"q has dtype {q.dtype}; this attention is built for "
+                      f"{', '.join(map(str, allowed))} (the spec's 'dtype' statement)")
+    for arg, t in zip(names[1:], (k, v)):
+        if t.device != q.device:
+            _fail(op, f"{arg} is on device {t.device} but q is on {q.device}; "
+                      f"{_listing(names)} must be on one device")
+
+
+def _check_head_dim(op: str, D: int, head_dims: Sequence[int] | None) -> None:
+    if head_dims is not None and D not in head_dims:
+        _fail(op, f"q has head_dim {D}; the spec allows {', '.join(map(str, head_dims))} (its "
+                  f"'head_dim' statement)")
+    if head_dims is None and not 16 <= D <= 256:
+        _fail(op, f"q has head_dim {D}; expected 16..256")
+
+
 def check_inputs(op: str, q: Any, k: Any, v: Any, *, dtypes: Sequence[str] | None,
                  head_dims: Sequence[int] | None, require_contiguous_last_dim: bool) -> Shapes:
     """Validate q, k, v ([B, H, N, D] each) and return their shapes.
 
     ``dtypes`` None accepts any floating dtype (the reference); otherwise the spec's list.
     """
-    for arg, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            _fail(op, f"{arg} must be a torch.Tensor [batch, heads, seq_len, head_dim], got "
-                      f"{type(t).__name__}")
-        if t.ndim != 4:
-            _fail(op, f"{arg} must have 4 dimensions [batch, heads, seq_len, head_dim], got "
-                      f"{t.ndim} (shape {_shape(t)})")
-        if not t.is_floating_point():
-            _fail(op, f"{arg} must be a floating-point tensor, got {t.dtype}")
-        if require_contiguous_last_dim and t.stride(-1) != 1 and t.shape[-1] > 1:
-            _fail(op, f"{arg} must be contiguous in its last dimension (stride 1), got strides "
-                      f"{tuple(t.stride())}; call .contiguous()")
-    for arg, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            _fail(op, f"{arg} has dtype {t.dtype} but q has dtype {q.dtype}; q, k and v must "
-                      f"share one dtype")
-    if dtypes is not None:
-        allowed = [SPEC_DTYPES[d] for d in dtypes]
-        if q.dtype not in allowed:
-            _fail(op, f"q has dtype {q.dtype}; this attention is built for "
-                      f"{', '.join(map(str, allowed))} (the spec's 'dtype' statement)")
-    for arg, t in (("k", k), ("v", v)):
-        if t.device != q.device:
-            _fail(op, f"{arg} is on device {t.device} but q is on {q.device}; q, k and v must be "
-                      f"on one device")
+    _check_tensors(op, q, k, v, dtypes=dtypes,
+                   require_contiguous_last_dim=require_contiguous_last_dim)
     B, Hq, M, D = q.shape
     Bk, Hkv, N, Dk = k.shape
     if Bk != B:
@@ -105,12 +123,112 @@ def check_inputs(op: str, q: Any, k: Any, v: Any, *, dtypes: Sequence[str] | Non
     if Hq % Hkv:
         _fail(op, f"q's {Hq} heads must be a multiple of k's {Hkv} heads (grouped-query "
                   f"attention shares each kv head among Hq/Hkv query heads)")
-    if head_dims is not None and D not in head_dims:
-        _fail(op, f"q has head_dim {D}; the spec allows {', '.join(map(str, head_dims))} (its "
-                  f"'head_dim' statement)")
-    if head_dims is None and not 16 <= D <= 256:
-        _fail(op, f"q has head_dim {D}; expected 16..256")
+    _check_head_dim(op, D, head_dims)
     return Shapes(B, Hq, Hkv, M, N, D)
+
+
+def _check_index_tensor(op: str, arg: str, t: Any, layout: str, shape: tuple,
+                        device: torch.device) -> torch.Tensor:
+    """An integer tensor argument (kv_len, page_table) as contiguous int32."""
+    if not isinstance(t, torch.Tensor):
+        _fail(op, f"{arg} must be an int32 torch.Tensor {layout}, got {type(t).__name__}")
+    if t.dtype not in (torch.int32, torch.int64):
+        _fail(op, f"{arg} must be an int32 (or int64) tensor {layout}, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        _fail(op, f"{arg} must have shape {list(shape)} {layout}, got {list(t.shape)}")
+    if t.device != device:
+        _fail(op, f"{arg} must be on q's device {device}, got {t.device}")
+    return t.to(torch.int32).contiguous()
+
+
+def check_decode_inputs(op: str, q: Any, k_cache: Any, v_cache: Any, kv_len: Any,
+                        page_table: Any, *, dtypes: Sequence[str] | None,
+                        head_dims: Sequence[int] | None):
+    """Validate a decode call; return (shapes, kv_len, page_table, page_size).
+
+    Caches are contiguous [B, Hkv, capacity, D] (page_table None, page_size 0) or paged
+    [num_pages, Hkv, page_size, D] with page_table [B, max_pages] (capacity max_pages *
+    page_size). ``shapes.kv_len`` is the capacity: the extent of params declared over KV.
+    kv_len [B] (None: the capacity) and the pages it uses are checked against the cache with
+    one host sync, skipped while a CUDA graph is being captured (the kernels then clamp).
+    """
+    paged = page_table is not None
+    cache = "[num_pages, kv_heads, page_size, head_dim]" if paged else \
+        "[batch, kv_heads, capacity, head_dim]"
+    _check_tensors(op, q, k_cache, v_cache, dtypes=dtypes, require_contiguous_last_dim=True,
+                   names=("q", "k_cache", "v_cache"),
+                   layouts=("[batch, heads, q_len, head_dim]", cache, cache))
+    B, Hq, M, D = q.shape
+    P, Hkv, L, Dk = k_cache.shape
+    if Dk != D:
+        _fail(op, f"k_cache has head_dim {Dk} but q has head_dim {D}; they must agree")
+    if k_cache.shape != v_cache.shape:
+        _fail(op, f"v_cache has shape {_shape(v_cache)} but k_cache has shape {_shape(k_cache)}; "
+                  f"they must have the same shape {cache}")
+    if Hkv == 0 or Hq % Hkv:
+        _fail(op, f"q's {Hq} heads must be a multiple of k_cache's {Hkv} heads (grouped-query "
+                  f"attention shares each kv head among Hq/Hkv query heads)")
+    _check_head_dim(op, D, head_dims)
+    if paged:
+        if L == 0:
+            _fail(op, f"k_cache must have pages of at least one token, got shape {_shape(k_cache)}")
+        table = "[batch, max_pages] of physical page numbers"
+        if not isinstance(page_table, torch.Tensor) or page_table.ndim != 2:
+            got = f"shape {list(page_table.shape)}" if isinstance(page_table, torch.Tensor) \
+                else type(page_table).__name__
+            _fail(op, f"page_table must be an int32 tensor {table}, got {got}")
+        page_table = _check_index_tensor(op, "page_table", page_table, table,
+                                         (B, page_table.shape[1]), q.device)
+        capacity, page_size = page_table.shape[1] * L, L
+    else:
+        if P != B:
+            _fail(op, f"k_cache has batch {P} but q has batch {B}; a contiguous cache is {cache} "
+                      f"(pass page_table= for a paged cache)")
+        capacity, page_size = L, 0
+    if kv_len is None:
+        kv_len = torch.full((B,), capacity, dtype=torch.int32, device=q.device)
+    else:
+        kv_len = _check_index_tensor(op, "kv_len", kv_len, "[batch] of valid cache lengths",
+                                     (B,), q.device)
+        if B and not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+            used = torch.zeros((), dtype=torch.bool, device=q.device)
+            if paged:
+                pages = torch.arange(page_table.shape[1], device=q.device)
+                in_use = pages[None, :] * page_size < kv_len[:, None]
+                used = (in_use & ((page_table < 0) | (page_table >= P))).any()
+            low, high, bad = torch.stack([kv_len.min(), kv_len.max(), used.int()]).tolist()
+            if low < 0 or high > capacity:
+                _fail(op, f"kv_len must lie in 0..{capacity} (the cache's capacity), got values "
+                          f"from {low} to {high}")
+            if bad:
+                _fail(op, f"page_table must hold page numbers in 0..{P - 1} (k_cache has {P} "
+                          f"pages) wherever kv_len reaches, got {page_table.tolist()}")
+    return Shapes(B, Hq, Hkv, M, capacity, D), kv_len, page_table, page_size
+
+
+def check_no_grad(op: str, tensors: dict) -> None:
+    """Decode kernels have no backward: refuse inputs that would silently get no gradient."""
+    if torch.is_grad_enabled():
+        wanting = [n for n, t in tensors.items() if isinstance(t, torch.Tensor) and t.requires_grad]
+        if wanting:
+            _fail(op, f"decode has no backward, but {', '.join(wanting)} require grad; call it "
+                      f"under torch.no_grad() (or use the op itself for training)")
+
+
+def decode_splits(programs: int, capacity: int, device: torch.device,
+                  num_splits: int | None) -> int:
+    """Key splits per (batch, kv head, row block): enough programs to fill the GPU about four
+    times over, at least 256 keys each; ``num_splits`` overrides (1..256)."""
+    if num_splits is not None:
+        if isinstance(num_splits, bool) or not isinstance(num_splits, int) \
+                or not 1 <= num_splits <= 256:
+            raise ValueError(f"num_splits must be an int in 1..256 (None picks one), got "
+                             f"{num_splits!r}")
+        return num_splits
+    if device.type != "cuda" or programs == 0:
+        return 1
+    sms = _device_properties(device.index or 0)["multiprocessor_count"]
+    return max(1, min(-(-4 * sms // programs), -(-capacity // 256), 256))
 
 
 def _scalar_param(op: str, p: ParamSpec, value: Any, device: torch.device) -> torch.Tensor:
@@ -206,6 +324,10 @@ DEFAULT_SPACES = {
             (128, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)),
     "bwd": ((64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (64, 64, 8, 3), (32, 64, 4, 2),
             (128, 128, 8, 2)),
+    # decode streams K and V: deep pipelines over 64-128 keys; its BLOCK_M (the query heads of a
+    # kv head times q_len) is fixed by the call, so the m entry is unused
+    "decode": ((0, 64, 4, 3), (0, 128, 4, 3), (0, 64, 4, 4), (0, 128, 8, 3), (0, 32, 4, 4),
+               (0, 64, 2, 3)),
 }
 _DEFAULT_KNOBS = {"m": 128, "n": 64, "warps": 4, "stages": 2}
 # The interpreter runs tiles as numpy arrays: one mid-sized config keeps it quick.
@@ -272,8 +394,10 @@ def autotune_configs(kernel: str, fixed: dict | None, space: dict | None, *,
                   "n": min(first["n"], _INTERPRET_MAX_BLOCK)}]
     elif os.environ.get("ATTNGEN_AUTOTUNE", "1") == "0":  # quick start: the first config only
         knobs = knobs[:1]
-    configs = [triton.Config({"BLOCK_M": k["m"], "BLOCK_N": k["n"]}, num_warps=k["warps"],
-                             num_stages=k["stages"]) for k in knobs]
+    blocks = (lambda k: {"BLOCK_N": k["n"]}) if kernel == "decode" else \
+        (lambda k: {"BLOCK_M": k["m"], "BLOCK_N": k["n"]})
+    configs = [triton.Config(blocks(k), num_warps=k["warps"], num_stages=k["stages"])
+               for k in knobs]
     if not interpret and len(configs) == 1 and configs[0].num_stages > 1:
         # A lone config skips pruning, where known compiler crashes are avoided: give it an
         # unpipelined twin, and pruning keeps exactly one of the two (fix_known_compiler_issues).
@@ -284,16 +408,20 @@ def autotune_configs(kernel: str, fixed: dict | None, space: dict | None, *,
     return configs
 
 
-_SHARED_MEMORY: dict[int, int] = {}
+_DEVICE_PROPERTIES: dict[int, dict] = {}
+
+
+def _device_properties(device_index: int) -> dict:
+    if device_index not in _DEVICE_PROPERTIES:
+        import triton
+
+        utils = triton.runtime.driver.active.utils
+        _DEVICE_PROPERTIES[device_index] = utils.get_device_properties(device_index)
+    return _DEVICE_PROPERTIES[device_index]
 
 
 def _shared_memory_limit(device_index: int) -> int:
-    if device_index not in _SHARED_MEMORY:
-        import triton
-
-        props = triton.runtime.driver.active.utils.get_device_properties(device_index)
-        _SHARED_MEMORY[device_index] = props["max_shared_mem"]
-    return _SHARED_MEMORY[device_index]
+    return _device_properties(device_index)["max_shared_mem"]
 
 
 def fix_known_compiler_issues(configs: list, block_d: int) -> list:
@@ -332,7 +460,7 @@ def prune_by_shared_memory(configs, named_args, **kwargs):
     elem = q.element_size()
 
     def estimate(c):
-        m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        m, n = c.kwargs.get("BLOCK_M", kwargs.get("BLOCK_M")), c.kwargs["BLOCK_N"]
         return (m * block_d + 2 * max(c.num_stages, 1) * n * block_d) * elem
 
     kept = [c for c in configs if estimate(c) <= limit]

@@ -278,7 +278,7 @@ class _Analysis:
         first, last = self.view.first, self.view.last
         # Query positions below 0 (q_len > kv_len) read id 0, which may be anywhere: a query tile
         # holding one visits every key; a key tile visits all such queries.
-        runs = f"doc_runs_{table} + off_b * 2 * kv_len"
+        runs = f"doc_runs_{table} + off_b * 2 * runs_len"
         ok = self.temp(f"tl.load(doc_sorted_{table} + off_b) != 0", "doc_sorted")
         if self.view.outer == "q":
             ok = self.temp(f"{ok} & ({first} >= 0)", "doc_ok")
@@ -286,8 +286,8 @@ class _Analysis:
         else:
             ok_lo = self.temp(f"{ok} & (kv_len >= q_len)", "doc_ok")
         start = self.temp(f"tl.load({runs} + tl.maximum({first}, 0))", "doc_start")
-        end_first = self.temp(f"tl.load({runs} + kv_len + tl.maximum({first}, 0))", "doc_end")
-        end_last = self.temp(f"tl.load({runs} + kv_len + tl.maximum({last}, 0))", "doc_end")
+        end_first = self.temp(f"tl.load({runs} + runs_len + tl.maximum({first}, 0))", "doc_end")
+        end_last = self.temp(f"tl.load({runs} + runs_len + tl.maximum({last}, 0))", "doc_end")
         return Range(lo=f"tl.where({ok_lo}, {start}, -{BIG})",
                      hi=f"tl.where({ok}, {end_last}, {BIG})", full_lo=start,
                      full_hi=f"tl.where({ok} & ({end_first} > {last}), {end_first}, -{BIG})")

@@ -78,3 +78,54 @@ def tile_classes(keep: torch.Tensor, block_m: int, block_n: int, *, transposed: 
     cols_inside = torch.arange(tn) * block_n + block_n <= N
     full &= (rows_inside[:, None] if transposed else cols_inside[None, :])
     return nonempty, full & nonempty
+
+
+def paged_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, page_size: int,
+                generator: torch.Generator | None = None, spare_pages: int = 3):
+    """The contiguous caches [B, Hkv, C, D] as a paged cache in shuffled physical pages.
+
+    Returns (k_pages, v_pages, page_table): pages [B * cdiv(C, page_size) + spare_pages, Hkv,
+    page_size, D] (spare pages hold noise no sequence reads) and page_table int32 [B, pages].
+    """
+    B, Hkv, C, D = k_cache.shape
+    per_seq = -(-C // page_size)
+    total = B * per_seq + spare_pages
+    order = torch.randperm(total, generator=generator)[: B * per_seq].view(B, per_seq)
+    pages = []
+    for cache in (k_cache, v_cache):
+        padded = torch.randn(B, Hkv, per_seq * page_size, D, generator=generator).to(cache)
+        padded[:, :, :C] = cache
+        paged = torch.randn(total, Hkv, page_size, D, generator=generator).to(cache)
+        paged[order.flatten()] = (padded.view(B, Hkv, per_seq, page_size, D)
+                                  .permute(0, 2, 1, 3, 4).reshape(B * per_seq, Hkv, page_size, D))
+        pages.append(paged)
+    return pages[0], pages[1], order.to(device=k_cache.device, dtype=torch.int32)
+
+
+def decode_reference(attention: ir.Attention, q, k_cache, v_cache, *, kv_len=None,
+                     page_table=None, scale=None, **params):
+    """The spec's eager reference for a decode call, one sequence at a time: its first kv_len[b]
+    keys (gathered from the pages), params cut to the sequence (B) and its keys (KV). Returns
+    (out, lse) in the inputs' dtype."""
+    from .reference import reference
+
+    B, Hq, M, D = q.shape
+    if page_table is not None:
+        pages = page_table.long()
+        k_cache, v_cache = (c[pages].permute(0, 2, 1, 3, 4).flatten(2, 3) for c in (k_cache, v_cache))
+    capacity = k_cache.shape[2]
+    lengths = [capacity] * B if kv_len is None else [int(n) for n in kv_len]
+    outs, lses = [], []
+    for b, n in enumerate(lengths):
+        cut = {}
+        for p in attention.params:
+            value = params[p.name]
+            if isinstance(value, torch.Tensor) and p.dims:
+                value = value[tuple(slice(b, b + 1) if d == "B" else slice(0, n) if d == "KV"
+                                    else slice(None) for d in p.dims)]
+            cut[p.name] = value
+        out, lse = reference(attention, q[b:b + 1], k_cache[b:b + 1, :, :n],
+                             v_cache[b:b + 1, :, :n], scale=scale, return_lse=True, **cut)
+        outs.append(out)
+        lses.append(lse)
+    return torch.cat(outs), torch.cat(lses)

@@ -4,6 +4,7 @@ SDPA (flash, cuDNN) and compiled FlexAttention, all in one process.
     python benchmarks/gpu_check.py correctness      # the test matrix, FlexAttention's rule
     python benchmarks/gpu_check.py bench            # forward TFLOP/s table
     python benchmarks/gpu_check.py sparsity         # window / document masks against dense causal
+    python benchmarks/gpu_check.py decode           # decode GB/s beside SDPA and FlexAttention
     python benchmarks/gpu_check.py all
 
 Writes JSON under $OUT (or --out) and prints a short table last. FLOPs follow FlashAttention:
@@ -330,9 +331,140 @@ def table(rows):
     return "\n".join(lines)
 
 
+def decode(out_dir: Path) -> list[str]:
+    """Decode (issue target: >= 80% of copy bandwidth at 32k keys): GB/s of K and V read, B=8
+    Hq=32 Hkv=8 D=128 bf16, q_len 1, beside SDPA and compiled FlexAttention; eager calls and
+    CUDA-graph replays (how serving engines run decode); bf16 numerics of ragged/paged calls."""
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import flex_attention
+    from triton.testing import do_bench
+
+    from attngen import testing
+
+    torch._dynamo.config.recompile_limit = 1000
+    torch._dynamo.config.cache_size_limit = 1000
+    flex = torch.compile(flex_attention, dynamic=False)
+    dev, dt = "cuda", torch.bfloat16
+    rows, lines = [], []
+
+    def timed(fn):
+        fn()
+        torch.cuda.synchronize()
+        return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+    def graphed(fn):
+        fn()  # autotune outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return timed(graph.replay)
+
+    x = torch.empty(2 * 1024**3 // 2, device=dev, dtype=dt)
+    y = torch.empty_like(x)
+    copy_gbps = 2 * x.numel() * 2 / (timed(lambda: y.copy_(x)) * 1e-3) / 1e9
+    del x, y
+    rows.append(dict(case="ceiling", copy_gbps=round(copy_gbps, 1)))
+    lines.append(f"device copy: {copy_gbps:.0f} GB/s")
+    B, Hq, Hkv, D = 8, 32, 8, 128
+    for spec in ("llama", "alibi"):
+        op = attngen.load(EXAMPLES / f"{spec}.attn")
+        for L in (4096, 32768):
+            torch._dynamo.reset()
+            q = torch.randn(B, Hq, 1, D, device=dev, dtype=dt)
+            k, v = (torch.randn(B, Hkv, L, D, device=dev, dtype=dt) for _ in range(2))
+            kv_len = torch.full((B,), L, device=dev, dtype=torch.int32)
+            k_pages, v_pages, table = testing.paged_cache(k, v, 64)
+            params, score_mod, bias = {}, None, None
+            if spec == "alibi":
+                slopes = torch.exp2(-8.0 * (torch.arange(Hq, device=dev) + 1) / Hq)
+                params["slopes"] = slopes
+                score_mod = lambda s, b, h, i, j: s + slopes[h] * (j - (i + L - 1))  # noqa: E731
+                bias = (slopes[:, None] * (torch.arange(L, device=dev) - (L - 1))).to(dt)[None, :, None, :]
+            nbytes = 2 * B * Hkv * L * D * 2
+            impls = {
+                "attngen": lambda: op.decode(q, k, v, **params),
+                "attngen_ragged": lambda: op.decode(q, k, v, kv_len=kv_len, **params),
+                "attngen_paged64": lambda: op.decode(q, k_pages, v_pages, kv_len=kv_len,
+                                                     page_table=table, **params),
+                "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True),
+                "flex": lambda: flex(q, k, v, score_mod=score_mod, enable_gqa=True),
+            }
+            for name, fn in impls.items():
+                for mode, timer in (("eager", timed), ("graph", graphed)):
+                    if mode == "graph" and name == "flex":
+                        continue
+                    try:
+                        ms = timer(fn)
+                        rows.append(dict(case=f"decode_{spec}", impl=name, mode=mode, L=L, D=D,
+                                         B=B, Hq=Hq, Hkv=Hkv, ms=round(ms, 4),
+                                         gbps=round(nbytes / (ms * 1e-3) / 1e9, 1)))
+                    except Exception as err:
+                        rows.append(dict(case=f"decode_{spec}", impl=name, mode=mode, L=L,
+                                         error=repr(err)[:300]))
+                    print(json.dumps(rows[-1]), flush=True)
+            kern = getattr(op.module, f"{op.name}_decode_kernel")
+            rows.append(dict(case=f"decode_{spec}", L=L, best_config=str(kern.best_config)))
+            ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                 attn_mask=None if bias is None else bias.double(),
+                                                 enable_gqa=True)
+            err = (op.decode(q, k, v, **params).double() - ref).abs().max().item()
+            rows.append(dict(case=f"decode_{spec}", L=L, max_abs_err_vs_f64_sdpa=err))
+    # a window of 4k over a 128k cache must read 4k keys, not 128k
+    op = attngen.load(EXAMPLES / "mistral_swa.attn")
+    L = 131072
+    q = torch.randn(B, Hq, 1, D, device=dev, dtype=dt)
+    k, v = (torch.randn(B, Hkv, L, D, device=dev, dtype=dt) for _ in range(2))
+    for mode, timer in (("eager", timed), ("graph", graphed)):
+        ms = timer(lambda: op.decode(q, k, v))
+        rows.append(dict(case="decode_window4096", impl="attngen", mode=mode, L=L, D=D, ms=round(ms, 4),
+                         window_gbps=round(2 * B * Hkv * 4097 * D * 2 / (ms * 1e-3) / 1e9, 1)))
+        print(json.dumps(rows[-1]), flush=True)
+    del k, v
+    # bf16 numerics: ragged, paged, GQA packing, q_len 4, against float64 (FlexAttention's rule)
+    gen = torch.Generator().manual_seed(0)
+    checks = 0
+    bad = []
+    for spec in ("llama", "alibi", "packed_docs", "prefix_lm", "t5_bias", "gemma2_local"):
+        op = attngen.load(EXAMPLES / f"{spec}.attn")
+        for (hq, hkv), m, page in (((32, 8), 1, 16), ((8, 1), 4, 64), ((4, 4), 1, 256)):
+            d = 256 if spec == "gemma2_local" else 128
+            cap = 2048
+            q = torch.randn(4, hq, m, d, generator=gen).to(dev, dt)
+            k, v = (torch.randn(4, hkv, cap, d, generator=gen).to(dev, dt) for _ in range(2))
+            kv_len = torch.tensor([cap, 1, 777, 1500], device=dev, dtype=torch.int32)
+            params = {n: t.to(dev) for n, t in random_params(op.spec, 4, hq, hkv, m, cap, "cpu", gen).items()}
+            kp, vp, table = testing.paged_cache(k, v, page, gen)
+            gold = testing.decode_reference(op.spec, q.double(), k.double(), v.double(), kv_len=kv_len, **params)
+            eager = testing.decode_reference(op.spec, q, k, v, kv_len=kv_len, **params)
+            for paged in (False, True):
+                args = (q, kp, vp) if paged else (q, k, v)
+                out, lse = op.decode(*args, kv_len=kv_len, page_table=table if paged else None,
+                                     return_lse=True, **params)
+                for what, got, g, e in (("out", out, gold[0], eager[0]), ("lse", lse, gold[1], eager[1])):
+                    err, ref_err = mean_abs_error(got, g), mean_abs_error(e, g)
+                    checks += 1
+                    if not within_rule(err, ref_err):
+                        bad.append(dict(spec=spec, what=what, paged=paged, m=m, hq=hq, hkv=hkv, err=err, ref_err=ref_err))
+    rows.append(dict(case="decode_correctness", checks=checks, failures=bad))
+    lines.append(f"decode bf16 numerics: {checks - len(bad)}/{checks} within 1.1 x eager bf16 error (+1e-5)")
+    for r in rows:
+        if "gbps" in r:
+            lines.append(f"{r['case']:16} {r['impl']:16} {r['mode']:5} L={r['L']:6} {r['ms']:.4f} ms "
+                         f"{r['gbps']:7.1f} GB/s ({100 * r['gbps'] / copy_gbps:.0f}% of copy)")
+        elif "window_gbps" in r:
+            lines.append(f"{r['case']:16} {r['impl']:16} {r['mode']:5} L={r['L']:6} {r['ms']:.4f} ms "
+                         f"(window bytes {r['window_gbps']:.0f} GB/s)")
+        elif "best_config" in r or "max_abs_err_vs_f64_sdpa" in r:
+            lines.append(str(r))
+    (out_dir / "decode.json").write_text(json.dumps({"meta": _meta(), "rows": rows}, indent=1))
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=["correctness", "bench", "sparsity", "determinism", "all"])
+    parser.add_argument("part", choices=["correctness", "bench", "sparsity", "determinism", "decode",
+                                         "all"])
     parser.add_argument("--specs", default="", help="comma list of spec names (correctness)")
     parser.add_argument("--quick", action="store_true",
                         help="bench: skip the D=64 cases; correctness: fewer shapes, D 64 and 128")
@@ -365,6 +497,8 @@ def main():
         summary.append(table(rows))
     if args.part in ("sparsity", "all"):
         summary.extend(sparsity(out_dir))
+    if args.part in ("decode", "all"):
+        summary.extend(decode(out_dir))
     print("\n".join(summary))
 
 

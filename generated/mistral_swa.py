@@ -38,6 +38,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 _FWD_CONFIGS = runtime.autotune_configs("fwd", None, None, interpret=_INTERPRET)
 _BWD_CONFIGS = runtime.autotune_configs("bwd", None, None, interpret=_INTERPRET)
+_DECODE_CONFIGS = runtime.autotune_configs("decode", None, None, interpret=_INTERPRET)
 _INTERPRET_TL = tl.constexpr(_INTERPRET)
 # constexpr flags of the forward kernel, fixed by the spec (see the kernel's notation block)
 FWD_FLAGS = dict(
@@ -155,37 +156,46 @@ def _mistral_swa_fwd_tiles(
     offs_n,
     d_valid,
     trace,
+    pages,
+    page_size,
+    stride_kp,
+    stride_vp,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     HAS_MASK: tl.constexpr,
     PARTIAL: tl.constexpr,
     EVEN_D: tl.constexpr,
     TRACE: tl.constexpr,
+    PAGED: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Online softmax over key tiles [start, end): PARTIAL tiles check bounds and the mask."""
+    """Online softmax over key tiles [start, end): PARTIAL tiles check bounds and the mask.
+    PAGED (decode): key position p lives at row p % page_size of page pages[p // page_size]."""
     for start_n in range(start, end, BLOCK_N):
         kv_pos = start_n + offs_n
         if TRACE:
             tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL)
+        if PAGED:
+            page = tl.load(pages + kv_pos // page_size, mask=kv_pos < kv_len, other=0).to(tl.int64)
+            k_rows = page * stride_kp + (kv_pos % page_size) * stride_kn
+            v_rows = page * stride_vp + (kv_pos % page_size) * stride_vn
+        else:
+            k_rows = kv_pos * stride_kn
+            v_rows = kv_pos * stride_vn
         if PARTIAL:
             n_valid = kv_pos < kv_len
             k = tl.load(
-                k_base + kv_pos[None, :] * stride_kn,
-                mask=n_valid[None, :] & d_valid[:, None],
-                other=0.0,
+                k_base + k_rows[None, :], mask=n_valid[None, :] & d_valid[:, None], other=0.0
             )
             v = tl.load(
-                v_base + kv_pos[:, None] * stride_vn,
-                mask=n_valid[:, None] & d_valid[None, :],
-                other=0.0,
+                v_base + v_rows[:, None], mask=n_valid[:, None] & d_valid[None, :], other=0.0
             )
         elif EVEN_D:
-            k = tl.load(k_base + kv_pos[None, :] * stride_kn)
-            v = tl.load(v_base + kv_pos[:, None] * stride_vn)
+            k = tl.load(k_base + k_rows[None, :])
+            v = tl.load(v_base + v_rows[:, None])
         else:
-            k = tl.load(k_base + kv_pos[None, :] * stride_kn, mask=d_valid[:, None], other=0.0)
-            v = tl.load(v_base + kv_pos[:, None] * stride_vn, mask=d_valid[None, :], other=0.0)
+            k = tl.load(k_base + k_rows[None, :], mask=d_valid[:, None], other=0.0)
+            v = tl.load(v_base + v_rows[:, None], mask=d_valid[None, :], other=0.0)
         s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
         if not SCORE_IS_IDENTITY:
             s = s
@@ -335,12 +345,17 @@ def mistral_swa_fwd(
             offs_n,
             d_valid,
             trace,
+            Q,
+            1,
+            0,
+            0,
             PRECISION,
             SCORE_IS_IDENTITY,
             HAS_MASK,
             i != 1,
             HEAD_DIM == BLOCK_D,
             TRACE,
+            False,
             BLOCK_N,
         )
 
@@ -943,6 +958,246 @@ def mistral_swa_bwd_dq(
     )
 
 
+# ---- decode kernels ------------------------------------------------------------------------------
+# Notation (split-KV flash-decoding; one program per (key split, batch * kv head * row block)):
+#   Q [B, Hq, M, D] with small M = q_len (one token, or a few for speculative decoding)
+#   caches: contiguous K, V [B, Hkv, C, D], or paged (PAGED) K, V [pages, Hkv, page_size, D] with
+#   PageTable [B, C / page_size]; C is the capacity, KvLen [B] each sequence's valid keys
+#   query row i of sequence b sits at position i + KvLen[b] - M (bottom-right, per sequence)
+# GQA packing: a tile's BLOCK_M rows hold the G = Hq / Hkv query heads that share the program's
+# kv head, M rows each (tile row r: head off_hkv * G + r // M, query r % M), so every K and V
+# byte is read once per kv head, not once per query head. The visited key tiles (the union of
+# the heads' ranges from the mask analysis) are divided among `splits` programs; each writes its
+# normalised partial output and LSE ([B, Hq, M, splits, D] and [B, Hq, M, splits], fp32) and the
+# combine kernel merges them. With one split the kernel writes Out and Lse directly.
+# Flags as in the forward, plus PAGED; the mask hooks see off_h as a [BLOCK_M, 1] column.
+
+
+@triton.autotune(
+    configs=_DECODE_CONFIGS,
+    key=["rows_bucket", "kv_bucket", "HEAD_DIM", "PAGED"],
+    prune_configs_by={"early_config_prune": runtime.prune_by_shared_memory},
+)
+@triton.jit(
+    do_not_specialize=[
+        "batch",
+        "q_len",
+        "capacity",
+        "page_size",
+        "splits",
+        "rows_bucket",
+        "kv_bucket",
+    ]
+)
+def mistral_swa_decode_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    Lse,
+    Trace,
+    KvLen,
+    PageTable,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_os,
+    stride_lb,
+    stride_lh,
+    stride_lm,
+    stride_pb,
+    page_size,
+    batch,
+    heads_q,
+    heads_kv,
+    q_len,
+    capacity,
+    splits,
+    scale,
+    rows_bucket,
+    kv_bucket,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    SCORE_IS_IDENTITY: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    TRACE: tl.constexpr,
+    PAGED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_s = tl.program_id(0)
+    pid_r = tl.program_id(1)  # (batch, kv head, row block)
+    group = heads_q // heads_kv
+    row_blocks = tl.cdiv(group * q_len, BLOCK_M)
+    off_b = pid_r // (heads_kv * row_blocks)
+    off_hkv = (pid_r // row_blocks) % heads_kv
+    kv_len = tl.minimum(tl.maximum(tl.load(KvLen + off_b), 0), capacity)
+
+    rows = (pid_r % row_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_valid = rows < group * q_len
+    row_h = off_hkv * group + tl.minimum(rows // q_len, group - 1)  # padding rows: the last head
+    row_m = rows % q_len
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_valid = offs_d < HEAD_DIM
+    q_pos = row_m + (kv_len - q_len)
+
+    q_ptrs = (
+        Q
+        + off_b * stride_qb
+        + row_h[:, None] * stride_qh
+        + row_m[:, None] * stride_qm
+        + offs_d[None, :]
+    )
+    q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    if PAGED:
+        k_base = K + off_hkv * stride_kh + offs_d[:, None]
+        v_base = V + off_hkv * stride_vh + offs_d[None, :]
+        pages = PageTable + off_b * stride_pb
+    else:
+        k_base = K + off_b.to(tl.int64) * stride_kb + off_hkv * stride_kh + offs_d[:, None]
+        v_base = V + off_b.to(tl.int64) * stride_vb + off_hkv * stride_vh + offs_d[None, :]
+        pages = PageTable
+
+    # key positions the tile's queries see (positions first_q..last_q, see the forward)
+    first_q = kv_len - q_len
+    last_q = kv_len - 1
+    lo = -BIG
+    full_lo = -BIG
+    full_hi = BIG
+    hi = BIG
+    # kv <= q
+    full_hi = tl.minimum(full_hi, first_q + 1)
+    hi = tl.minimum(hi, last_q + 1)
+    # q - 4096 <= kv
+    lo = tl.maximum(lo, first_q - 4096)
+    full_lo = tl.maximum(full_lo, last_q - 4096)
+    # kv <= q + 4096
+    full_hi = tl.minimum(full_hi, first_q + 4097)
+    hi = tl.minimum(hi, last_q + 4097)
+    lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
+    # this program's share of the visited tiles
+    per_split = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), splits) * BLOCK_N
+    split_lo = tl.minimum(lo + pid_s * per_split, hi)
+    split_hi = tl.minimum(split_lo + per_split, hi)
+    trace = Trace + pid_r * tl.cdiv(capacity, BLOCK_N)
+
+    if SCORE_IS_IDENTITY:
+        qk_scale = scale * LOG2E
+    else:
+        qk_scale = scale
+    m_i = tl.full([BLOCK_M], -INF, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for i in tl.static_range(3):
+        if i == 0:
+            start = lo
+            end = full_lo
+        elif i == 1:
+            start = full_lo
+            end = full_hi
+        else:
+            start = full_hi
+            end = hi
+        start = tl.minimum(tl.maximum(start, split_lo), split_hi)
+        end = tl.minimum(tl.maximum(end, start), split_hi)
+        acc, l_i, m_i = _mistral_swa_fwd_tiles(
+            acc,
+            l_i,
+            m_i,
+            q,
+            k_base,
+            v_base,
+            stride_kn,
+            stride_vn,
+            q_pos,
+            off_b,
+            row_h[:, None],
+            off_hkv,
+            batch,
+            heads_q,
+            heads_kv,
+            q_len,
+            kv_len,
+            qk_scale,
+            start,
+            end,
+            offs_n,
+            d_valid,
+            trace,
+            pages,
+            page_size,
+            stride_kb,
+            stride_vb,
+            PRECISION,
+            SCORE_IS_IDENTITY,
+            HAS_MASK,
+            i != 1,
+            HEAD_DIM == BLOCK_D,
+            TRACE,
+            PAGED,
+            BLOCK_N,
+        )
+
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, -INF, (m_i + tl.log2(l_safe)) * LN2)
+    heads_rows = off_b * stride_ob + row_h * stride_oh + row_m * stride_om + pid_s * stride_os
+    o_ptrs = Out + heads_rows[:, None] + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_valid[:, None] & d_valid[None, :])
+    l_ptrs = Lse + off_b * stride_lb + row_h * stride_lh + row_m * stride_lm + pid_s
+    tl.store(l_ptrs, lse, mask=m_valid)
+
+
+@triton.jit
+def _mistral_swa_decode_combine(
+    Part,
+    PartLse,
+    Out,
+    Lse,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    heads_q,
+    q_len,
+    splits,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """One program per query row: the splits' outputs weighted by exp(lse_s - lse)."""
+    row = tl.program_id(0)  # ((b * Hq) + h) * q_len + m
+    off_b = row // (heads_q * q_len)
+    off_h = (row // q_len) % heads_q
+    off_m = row % q_len
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_valid = offs_s < splits
+    d_valid = offs_d < HEAD_DIM
+    lse = tl.load(PartLse + row * splits + offs_s, mask=s_valid, other=-INF)
+    m = tl.max(lse, 0)
+    m_shift = tl.where(m == -INF, 0.0, m)
+    w = tl.exp2((lse - m_shift) * LOG2E)  # 0 for splits that saw no key
+    total = tl.sum(w, 0)
+    part_ptrs = Part + (row * splits + offs_s[:, None]) * HEAD_DIM + offs_d[None, :]
+    parts = tl.load(part_ptrs, mask=s_valid[:, None] & d_valid[None, :], other=0.0)
+    out = tl.sum(parts * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh + off_m * stride_om + offs_d
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=d_valid)
+    tl.store(Lse + row, tl.where(total == 0.0, -INF, m_shift + tl.log2(total) * LN2))
+
+
 def _launch(kernel, grid, args, flags, trace):
     """Autotuned launch; when tracing (debugging), the trace's fixed blocks and TRACE on."""
     if trace is None:
@@ -950,9 +1205,7 @@ def _launch(kernel, grid, args, flags, trace):
     else:
         kernel.fn[grid](
             *args,
-            **dict(flags, TRACE=True),
-            BLOCK_M=trace["block_m"],
-            BLOCK_N=trace["block_n"],
+            **dict(flags, TRACE=True, BLOCK_M=trace["block_m"], BLOCK_N=trace["block_n"]),
             num_warps=4,
             num_stages=1,
         )
@@ -1106,6 +1359,184 @@ def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes, tr
         dv,
         {n: g.view(params[n].shape).to(params[n].dtype) for n, g in param_grads.items()},
     )
+
+
+def _launch_decode(
+    q,
+    k_cache,
+    v_cache,
+    kv_len,
+    page_table,
+    page_size,
+    scale,
+    params,
+    shapes,
+    num_splits,
+    trace=None,
+):
+    """Split-KV decode: partial outputs per key split, merged by the combine kernel."""
+    batch, heads_q, heads_kv, q_len, capacity, head_dim = (
+        shapes.batch,
+        shapes.heads_q,
+        shapes.heads_kv,
+        shapes.q_len,
+        shapes.kv_len,
+        shapes.head_dim,
+    )
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, heads_q, q_len), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    rows = shapes.group * q_len  # query rows per kv head, packed into tiles of BLOCK_M
+    block_m = max(16, min(64, triton.next_power_of_2(rows)))
+    programs = batch * heads_kv * triton.cdiv(rows, block_m)
+    splits = runtime.decode_splits(programs, capacity, q.device, num_splits)
+    if splits == 1:
+        part, part_lse = out, lse
+        part_strides = (*out.stride()[:3], 0, *lse.stride())
+    else:
+        part = torch.empty(
+            (batch, heads_q, q_len, splits, head_dim), dtype=torch.float32, device=q.device
+        )
+        part_lse = torch.empty(
+            (batch, heads_q, q_len, splits), dtype=torch.float32, device=q.device
+        )
+        part_strides = (*part.stride()[:4], *part_lse.stride()[:3])
+    args = [
+        q,
+        k_cache,
+        v_cache,
+        part,
+        part_lse,
+        trace["decode"] if trace else part_lse,
+        kv_len,
+        kv_len if page_table is None else page_table,
+        *q.stride()[:3],
+        *k_cache.stride()[:3],
+        *v_cache.stride()[:3],
+        *part_strides,
+        0 if page_table is None else page_table.stride(0),
+        max(page_size, 1),
+        *_documents(params, shapes),
+        batch,
+        heads_q,
+        heads_kv,
+        q_len,
+        capacity,
+        splits,
+        scale,
+        runtime.length_bucket(rows),
+        runtime.length_bucket(capacity),
+    ]
+    flags = dict(
+        HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim),
+        PRECISION=runtime.dot_precision(q.dtype),
+        PAGED=page_table is not None,
+        BLOCK_M=block_m,
+        **FWD_FLAGS,
+    )
+    if trace is not None:
+        trace["block_m"] = block_m
+    _launch(mistral_swa_decode_kernel, lambda meta: (splits, programs), args, flags, trace)
+    if splits > 1:
+        _mistral_swa_decode_combine[(batch * heads_q * q_len,)](
+            part,
+            part_lse,
+            out,
+            lse,
+            *out.stride()[:3],
+            heads_q,
+            q_len,
+            splits,
+            HEAD_DIM=head_dim,
+            BLOCK_D=triton.next_power_of_2(head_dim),
+            BLOCK_S=triton.next_power_of_2(splits),
+        )
+    return out, lse
+
+
+def _prepare_decode(q, k_cache, v_cache, kv_len, page_table, params):
+    runtime.check_no_grad(NAME, dict(q=q, k_cache=k_cache, v_cache=v_cache, **params))
+    shapes, kv_len, page_table, page_size = runtime.check_decode_inputs(
+        NAME, q, k_cache, v_cache, kv_len, page_table, dtypes=DTYPES, head_dims=HEAD_DIMS
+    )
+    runtime.check_kernel_device(NAME, q.device, _INTERPRET)
+    return (
+        shapes,
+        kv_len,
+        page_table,
+        page_size,
+        runtime.check_params(NAME, PARAMS, params, shapes, q.device),
+    )
+
+
+def mistral_swa_decode(
+    q,
+    k_cache,
+    v_cache,
+    *,
+    kv_len=None,
+    page_table=None,
+    scale=None,
+    return_lse=False,
+    num_splits=None,
+    **params,
+):
+    """Attention `mistral_swa` of a few new queries against a KV cache (inference: no backward).
+
+    q [B, Hq, q_len, D] (q_len small: 1, or a few for speculative decoding); k_cache, v_cache
+    [B, Hkv, capacity, D], or paged [num_pages, Hkv, page_size, D] with page_table int32
+    [B, max_pages] (capacity max_pages * page_size); kv_len int32 [B], each sequence's valid
+    keys (default: the capacity). Query row i of sequence b sits at position i + kv_len[b] - q_len,
+    so the mask means what it means in training. Params declared over KV span the capacity.
+    num_splits: key splits per kv head (default: enough programs to fill the GPU).
+    Params: none.
+    """
+    shapes, kv_len, page_table, page_size, tensors = _prepare_decode(
+        q, k_cache, v_cache, kv_len, page_table, params
+    )
+    scale = runtime.default_scale(scale, shapes.head_dim)
+    out, lse = _launch_decode(
+        q, k_cache, v_cache, kv_len, page_table, page_size, scale, tensors, shapes, num_splits
+    )
+    return (out, lse) if return_lse else out
+
+
+def trace_decode_tiles(
+    q, k_cache, v_cache, *, kv_len=None, page_table=None, block_n=16, num_splits=None, **params
+):
+    """Debugging: the key tiles the decode kernel visits, run with a fixed block_n.
+
+    Returns int8 [B, Hkv, row blocks, cdiv(capacity, block_n)] (one row block unless the query
+    heads of a kv head times q_len exceed 64): 0 skipped, 1 PARTIAL, 2 FULL.
+    """
+    if block_n not in (16, 32, 64, 128):
+        raise ValueError(
+            f"{NAME}.trace_decode_tiles: block_n must be 16, 32, 64 or 128, got {block_n!r}"
+        )
+    shapes, kv_len, page_table, page_size, tensors = _prepare_decode(
+        q, k_cache, v_cache, kv_len, page_table, params
+    )
+    rows = shapes.group * shapes.q_len
+    row_blocks = triton.cdiv(rows, max(16, min(64, triton.next_power_of_2(rows))))
+    tiles = (shapes.batch, shapes.heads_kv, row_blocks, triton.cdiv(shapes.kv_len, block_n))
+    trace = dict(block_n=block_n, decode=torch.zeros(tiles, dtype=torch.int8, device=q.device))
+    scale = runtime.default_scale(None, shapes.head_dim)
+    _launch_decode(
+        q,
+        k_cache,
+        v_cache,
+        kv_len,
+        page_table,
+        page_size,
+        scale,
+        tensors,
+        shapes,
+        num_splits,
+        trace,
+    )
+    return trace["decode"]
 
 
 class _Attention(torch.autograd.Function):
