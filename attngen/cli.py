@@ -110,13 +110,19 @@ def build(files: tuple[str, ...], out_dir: str, check_only: bool) -> None:
         click.echo(f"{len(seen)} generated module(s) up to date in {out_dir}")
 
 
+def _expects_wgmma(kernel: str) -> bool:
+    """The preprocess, document-runs and decode-combine kernels have no matrix product; decode's
+    tiles of 16-64 query rows are below a warpgroup MMA's 64 and use mma.sync (it is memory-bound)."""
+    return "preprocess" not in kernel and kernel != "_document_runs" and "_decode" not in kernel
+
+
 @main.command(name="compile")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--arch", default=90, show_default=True, help="CUDA compute capability, e.g. 90, 80.")
 @click.option("--dtype", "dtypes", default="", help="Comma list of bf16,fp16,fp32 (default: the spec's).")
 @click.option("--head-dim", "head_dims", default="", help="Comma list (default: the spec's, else 64,128).")
-@click.option("--kernels", "which", default="fwd,bwd", show_default=True,
-              help="Comma list of kernel groups: fwd, bwd.")
+@click.option("--kernels", "which", default="fwd,bwd,decode", show_default=True,
+              help="Comma list of kernel groups: fwd, bwd, decode.")
 def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, which: str) -> None:
     """Compile the kernels of spec FILES for a GPU target; no GPU needed.
 
@@ -137,8 +143,8 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, 
     from .runtime import SPEC_DTYPES
 
     groups = tuple(g.strip() for g in which.split(","))
-    if not set(groups) <= {"fwd", "bwd"}:
-        raise click.BadParameter(f"expected a comma list of fwd, bwd; got {which!r}",
+    if not set(groups) <= {"fwd", "bwd", "decode"}:
+        raise click.BadParameter(f"expected a comma list of fwd, bwd, decode; got {which!r}",
                                  param_hint="--kernels")
     specs, failed = _read_all(files)
     for path, attentions in specs:
@@ -159,9 +165,8 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, 
                                f"{type(err).__name__}: {first_line}", err=True)
                     failed = True
                     continue
-                # the preprocess and document-runs kernels have no matrix product: no wgmma
                 missing = arch >= 90 and dtype != "fp32" and not k.uses_wgmma \
-                    and "preprocess" not in kernel and kernel != "_document_runs"
+                    and _expects_wgmma(kernel)
                 failed |= missing
                 click.echo(f"{path}: {k.kernel} {dtype} D={dim} sm_{arch} [{k.config}]: "
                            f"smem {k.shared_memory} B, cubin {k.cubin_bytes} B, "

@@ -150,7 +150,8 @@ def check_decode_inputs(op: str, q: Any, k_cache: Any, v_cache: Any, kv_len: Any
     [num_pages, Hkv, page_size, D] with page_table [B, max_pages] (capacity max_pages *
     page_size). ``shapes.kv_len`` is the capacity: the extent of params declared over KV.
     kv_len [B] (None: the capacity) and the pages it uses are checked against the cache with
-    one host sync, skipped while a CUDA graph is being captured (the kernels then clamp).
+    one host sync, skipped while a CUDA graph is captured or torch.compile traces (the kernels
+    then clamp kv_len to the capacity).
     """
     paged = page_table is not None
     cache = "[num_pages, kv_heads, page_size, head_dim]" if paged else \
@@ -190,7 +191,9 @@ def check_decode_inputs(op: str, q: Any, k_cache: Any, v_cache: Any, kv_len: Any
     else:
         kv_len = _check_index_tensor(op, "kv_len", kv_len, "[batch] of valid cache lengths",
                                      (B,), q.device)
-        if B and not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+        checkable = not torch.compiler.is_compiling() and not (
+            q.is_cuda and torch.cuda.is_current_stream_capturing())
+        if B and checkable:
             used = torch.zeros((), dtype=torch.bool, device=q.device)
             if paged:
                 pages = torch.arange(page_table.shape[1], device=q.device)
@@ -215,10 +218,17 @@ def check_no_grad(op: str, tensors: dict) -> None:
                       f"under torch.no_grad() (or use the op itself for training)")
 
 
-def decode_splits(programs: int, capacity: int, device: torch.device,
-                  num_splits: int | None) -> int:
+def decode_block_m(rows: int) -> int:
+    """Tile rows of the decode kernel for ``rows`` = query heads per kv head x q_len."""
+    return max(16, min(64, 1 << max(rows - 1, 0).bit_length()))
+
+
+def decode_splits(shapes: Shapes, device: torch.device, num_splits: int | None) -> int:
     """Key splits per (batch, kv head, row block): enough programs to fill the GPU about four
     times over, at least 256 keys each; ``num_splits`` overrides (1..256)."""
+    rows = shapes.group * shapes.q_len
+    programs = shapes.batch * shapes.heads_kv * -(-rows // decode_block_m(rows))
+    capacity = shapes.kv_len
     if num_splits is not None:
         if isinstance(num_splits, bool) or not isinstance(num_splits, int) \
                 or not 1 <= num_splits <= 256:
@@ -451,6 +461,8 @@ def prune_by_shared_memory(configs, named_args, **kwargs):
 
     Estimate: the Q tile plus ``num_stages`` buffered K and V tiles, in the inputs' dtype.
     """
+    import triton
+
     q = named_args["Q"]
     if not q.is_cuda:
         return configs
@@ -464,7 +476,19 @@ def prune_by_shared_memory(configs, named_args, **kwargs):
         return (m * block_d + 2 * max(c.num_stages, 1) * n * block_d) * elem
 
     kept = [c for c in configs if estimate(c) <= limit]
-    return kept or [min(configs, key=estimate)]
+    if kept:
+        return kept
+    # nothing fits (fp32 at D=256): shrink the smallest, fewer stages first, then fewer keys
+    smallest = min(configs, key=estimate)
+    kwargs, stages = dict(smallest.kwargs), smallest.num_stages
+    shrunk = triton.Config(kwargs, num_warps=smallest.num_warps, num_stages=stages)
+    while estimate(shrunk) > limit and (stages > 1 or kwargs["BLOCK_N"] > 16):
+        if stages > 1:
+            stages -= 1
+        else:
+            kwargs["BLOCK_N"] //= 2
+        shrunk = triton.Config(dict(kwargs), num_warps=smallest.num_warps, num_stages=stages)
+    return [shrunk]
 
 
 def check_deterministic(op: str, grad_terms, specs, tensors) -> None:
@@ -487,6 +511,22 @@ def check_kernel_device(op: str, device: torch.device, interpreted: bool) -> Non
         _fail(op, "CPU tensors run through the Triton interpreter, but this process imported "
                   "triton for the GPU; set TRITON_INTERPRET=1 before importing torch and triton, "
                   "or move q, k, v and the params to a CUDA device")
+
+
+def registered_op(qualified: str):
+    """The torch.library op ``namespace::name`` (its default overload)."""
+    namespace, name = qualified.split("::")
+    return getattr(getattr(torch.ops, namespace), name).default
+
+
+def free_op_name(namespace: str, base: str) -> str:
+    """``namespace::base``, or ``base_2``, ``base_3``, ... if an op of that name exists."""
+    ops = getattr(torch.ops, namespace)
+    name, n = base, 1
+    while hasattr(ops, name):
+        n += 1
+        name = f"{base}_{n}"
+    return f"{namespace}::{name}"
 
 
 def _default_to_interpreter() -> None:

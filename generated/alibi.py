@@ -1380,17 +1380,7 @@ def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes, tr
 
 
 def _launch_decode(
-    q,
-    k_cache,
-    v_cache,
-    kv_len,
-    page_table,
-    page_size,
-    scale,
-    params,
-    shapes,
-    num_splits,
-    trace=None,
+    q, k_cache, v_cache, kv_len, page_table, page_size, scale, params, shapes, splits, trace=None
 ):
     """Split-KV decode: partial outputs per key split, merged by the combine kernel."""
     batch, heads_q, heads_kv, q_len, capacity, head_dim = (
@@ -1406,9 +1396,8 @@ def _launch_decode(
     if out.numel() == 0:
         return out, lse
     rows = shapes.group * q_len  # query rows per kv head, packed into tiles of BLOCK_M
-    block_m = max(16, min(64, triton.next_power_of_2(rows)))
+    block_m = runtime.decode_block_m(rows)
     programs = batch * heads_kv * triton.cdiv(rows, block_m)
-    splits = runtime.decode_splits(programs, capacity, q.device, num_splits)
     if splits == 1:
         part, part_lse = out, lse
         part_strides = (*out.stride()[:3], 0, *lse.stride())
@@ -1517,10 +1506,49 @@ def alibi_decode(
         q, k_cache, v_cache, kv_len, page_table, params
     )
     scale = runtime.default_scale(scale, shapes.head_dim)
-    out, lse = _launch_decode(
-        q, k_cache, v_cache, kv_len, page_table, page_size, scale, tensors, shapes, num_splits
+    splits = runtime.decode_splits(shapes, q.device, num_splits)
+    out, lse = _DECODE_OP(
+        q, k_cache, v_cache, kv_len, page_table, scale, splits, list(tensors.values())
     )
     return (out, lse) if return_lse else out
+
+
+def _decode_shapes(q, k_cache, page_table):
+    capacity = k_cache.shape[2] if page_table is None else page_table.shape[1] * k_cache.shape[2]
+    return runtime.Shapes(
+        q.shape[0], q.shape[1], k_cache.shape[1], q.shape[2], capacity, q.shape[3]
+    )
+
+
+def _decode_impl(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_len: torch.Tensor,
+    page_table: torch.Tensor | None,
+    scale: float,
+    splits: int,
+    params: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    page_size = 0 if page_table is None else k_cache.shape[2]
+    named = dict(zip(_PARAM_NAMES, params))
+    return _launch_decode(
+        q,
+        k_cache,
+        v_cache,
+        kv_len,
+        page_table,
+        page_size,
+        scale,
+        named,
+        _decode_shapes(q, k_cache, page_table),
+        splits,
+    )
+
+
+def _decode_fake(q, k_cache, v_cache, kv_len, page_table, scale, splits, params):
+    lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device), lse
 
 
 def trace_decode_tiles(
@@ -1539,57 +1567,94 @@ def trace_decode_tiles(
         q, k_cache, v_cache, kv_len, page_table, params
     )
     rows = shapes.group * shapes.q_len
-    row_blocks = triton.cdiv(rows, max(16, min(64, triton.next_power_of_2(rows))))
+    row_blocks = triton.cdiv(rows, runtime.decode_block_m(rows))
     tiles = (shapes.batch, shapes.heads_kv, row_blocks, triton.cdiv(shapes.kv_len, block_n))
     trace = dict(block_n=block_n, decode=torch.zeros(tiles, dtype=torch.int8, device=q.device))
     scale = runtime.default_scale(None, shapes.head_dim)
+    splits = runtime.decode_splits(shapes, q.device, num_splits)
     _launch_decode(
-        q,
-        k_cache,
-        v_cache,
-        kv_len,
-        page_table,
-        page_size,
-        scale,
-        tensors,
-        shapes,
-        num_splits,
-        trace,
+        q, k_cache, v_cache, kv_len, page_table, page_size, scale, tensors, shapes, splits, trace
     )
     return trace["decode"]
 
 
-class _Attention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, scale, shapes, param_names, *param_values):
-        params = dict(zip(param_names, param_values))
-        out, lse = _launch_fwd(q, k, v, scale, params, shapes)
-        ctx.save_for_backward(q, k, v, out, lse, *param_values)
-        ctx.scale, ctx.shapes, ctx.param_names = scale, shapes, param_names
-        ctx.set_materialize_grads(False)
-        return out, lse
+# ---- torch.library ops: opaque to torch.compile (no graph break, fake shapes, any length) -------
+# Named after the spec and its hash; another file of the same spec imported into this process
+# (another cache directory) registers its own ops under the next free suffix.
+_OP = runtime.free_op_name("attngen", f"{NAME}_{SPEC_HASH[:16]}")
+_PARAM_NAMES = tuple(p.name for p in PARAMS)
+_GRAD_PARAMS = tuple(dict.fromkeys(name for name, _ in GRAD_TERMS))  # params with a gradient
 
-    @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse, *param_values = ctx.saved_tensors
-        params = dict(zip(ctx.param_names, param_values))
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        if grad_lse is not None:
-            grad_lse = grad_lse.float().contiguous()
-        dq, dk, dv, param_grads = _launch_bwd(
-            q, k, v, out, lse, grad_out, grad_lse, ctx.scale, params, ctx.shapes
-        )
-        wanted = ctx.needs_input_grad[6:]
-        return (
-            dq,
-            dk,
-            dv,
-            None,
-            None,
-            None,
-            *(param_grads.get(n) if w else None for n, w in zip(ctx.param_names, wanted)),
-        )
+
+def _shapes_of(q, k):
+    return runtime.Shapes(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3])
+
+
+def _attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, params: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_fwd(q, k, v, scale, dict(zip(_PARAM_NAMES, params)), _shapes_of(q, k))
+
+
+def _attention_fwd_fake(q, k, v, scale, params):
+    lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device), lse
+
+
+def _attention_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    grad_out: torch.Tensor,
+    grad_lse: torch.Tensor | None,
+    scale: float,
+    params: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    named = dict(zip(_PARAM_NAMES, params))
+    dq, dk, dv, grads = _launch_bwd(
+        q, k, v, out, lse, grad_out, grad_lse, scale, named, _shapes_of(q, k)
+    )
+    return dq, dk, dv, [grads[name] for name in _GRAD_PARAMS]
+
+
+def _attention_bwd_fake(q, k, v, out, lse, grad_out, grad_lse, scale, params):
+    named = dict(zip(_PARAM_NAMES, params))
+    grads = [
+        torch.empty(named[n].shape, dtype=named[n].dtype, device=q.device) for n in _GRAD_PARAMS
+    ]
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grads
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, scale, params = inputs
+    ctx.save_for_backward(q, k, v, *output, *params)
+    ctx.scale = scale
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, *params = ctx.saved_tensors
+    grad_out = grad_out if grad_out is not None else torch.zeros_like(out)
+    grad_lse = grad_lse.float().contiguous() if grad_lse is not None else None
+    dq, dk, dv, grads = _BWD_OP(q, k, v, out, lse, grad_out, grad_lse, ctx.scale, params)
+    by_name = dict(zip(_GRAD_PARAMS, grads))
+    return dq, dk, dv, None, [by_name.get(name) for name in _PARAM_NAMES]
+
+
+def _register():
+    fwd = torch.library.custom_op(_OP, _attention_fwd, mutates_args=())
+    fwd.register_fake(_attention_fwd_fake)
+    bwd = torch.library.custom_op(_OP + "_bwd", _attention_bwd, mutates_args=())
+    bwd.register_fake(_attention_bwd_fake)
+    fwd.register_autograd(_backward, setup_context=_setup_context)
+    decode = torch.library.custom_op(_OP + "_decode", _decode_impl, mutates_args=())
+    decode.register_fake(_decode_fake)
+    return fwd, bwd
+
+
+_FWD_OP, _BWD_OP = _register()
+_DECODE_OP = runtime.registered_op(_OP + "_decode")
 
 
 def _prepare(q, k, v, params):
@@ -1610,7 +1675,7 @@ def alibi(q, k, v, *, scale=None, return_lse=False, deterministic=False, **param
     if deterministic:
         runtime.check_deterministic(NAME, GRAD_TERMS, PARAMS, tensors)
     scale = runtime.default_scale(scale, shapes.head_dim)
-    out, lse = _Attention.apply(q, k, v, scale, shapes, tuple(tensors), *tensors.values())
+    out, lse = _FWD_OP(q, k, v, scale, list(tensors.values()))
     return (out, lse) if return_lse else out
 
 

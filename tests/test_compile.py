@@ -11,8 +11,9 @@ Default run (about two minutes on two cores; the full matrix about five):
 
 * the sm_90 sweep ``attngen compile examples/*.attn --arch 90 --dtype bf16 --head-dim 128``
   (a spec's own head dim where it has one): every kernel of every example -- forward, the
-  backward's preprocess / dK-dV / dQ, and packed_docs' ``_document_runs`` -- compiles, and every
-  kernel with a matrix product uses wgmma;
+  backward's preprocess / dK-dV / dQ, decode and its combine, and packed_docs'
+  ``_document_runs`` -- compiles, and every kernel with a matrix product uses wgmma (decode's
+  16-row tiles use mma.sync);
 * fp16 on sm_90 with wgmma: every kernel of ``llama`` at D=80 (a head dim that is not a power
   of two) and an inline spec with an integer power (forward, D=64);
 * D=16 (every kernel of ``llama4_chunked``, bf16), fp32 (llama forward, D=32, no wgmma needed)
@@ -127,8 +128,9 @@ def test_sm90_sweep_succeeds(sm90_sweep):
 
 
 def _uses_matmul(kernel: str) -> bool:
-    # the backward's preprocess (rowsum(dO * O)) and the document-runs scan: no matrix product
-    return "preprocess" not in kernel and kernel != "_document_runs"
+    # the backward's preprocess (rowsum(dO * O)), the document-runs scan and the decode combine
+    # have no matrix product; decode's 16-row tiles use mma.sync, not wgmma
+    return "preprocess" not in kernel and kernel != "_document_runs" and "_decode" not in kernel
 
 
 @pytest.mark.parametrize("path", EXAMPLE_PATHS, ids=lambda p: p.stem)
@@ -149,6 +151,8 @@ def test_sm90_each_example_uses_wgmma(sm90_sweep, path):
                      f"{attention.name}_bwd_dq"}
     if "document(" in attention.source:
         expected.add("_document_runs")
+    if "decode" in attention.kernels:
+        expected |= {f"{attention.name}_decode_kernel", f"_{attention.name}_decode_combine"}
     assert kernels == expected
     for dtype in SWEEP_DTYPES:
         assert dtype in attention.dtypes
@@ -196,7 +200,8 @@ def test_head_dim_not_a_power_of_two(runs):
     assert _fwd_lines(lines) == [("fp16", 80, "90", "yes")]
     # fp16 on sm_90 for every kernel (the default sweep compiles bf16 only)
     assert sorted(ln["kernel"] for ln in lines) == sorted(
-        ["llama_fwd", "_llama_bwd_preprocess", "llama_bwd_dkdv", "llama_bwd_dq"])
+        ["llama_fwd", "_llama_bwd_preprocess", "llama_bwd_dkdv", "llama_bwd_dq",
+         "llama_decode_kernel", "_llama_decode_combine"])
     assert all(ln["dtype"] == "fp16" and ln["arch"] == "90" for ln in lines)
     assert all(ln["wgmma"] == "yes" for ln in lines if _uses_matmul(ln["kernel"]))
 
@@ -212,5 +217,6 @@ def test_sixteen_wide_head_dim_compiles_every_kernel(runs):
     assert proc.returncode == 0, _log(proc)
     assert sorted(ln["kernel"] for ln in lines) == sorted(
         ["llama4_chunked_fwd", "_llama4_chunked_bwd_preprocess", "llama4_chunked_bwd_dkdv",
-         "llama4_chunked_bwd_dq"])
+         "llama4_chunked_bwd_dq", "llama4_chunked_decode_kernel",
+         "_llama4_chunked_decode_combine"])
     assert all(ln["d"] == "16" for ln in lines)

@@ -230,6 +230,7 @@ def _bad_call(op, **changes):
     q, k, v, _ = _caches(2, 4, 2, 1, 64, 16, torch.float32, 0)
     args = dict(q=q, k_cache=k, v_cache=v, kv_len=torch.tensor([64, 3], dtype=torch.int32))
     args.update(changes)
+    args = {n: (t.to(DEVICE) if isinstance(t, torch.Tensor) else t) for n, t in args.items()}
     return lambda: op.decode(args.pop("q"), args.pop("k_cache"), args.pop("v_cache"), **args)
 
 
