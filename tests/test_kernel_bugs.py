@@ -1,0 +1,117 @@
+"""Known bugs of the generated kernels, as strict xfail tests: each passes once its bug is fixed
+(and then fails as XPASS, so the marker comes off with the fix). Found by the numerics work and
+the valid-spec fuzzing (test_fuzz.py steers its strategy around the first two).
+
+All valid specs, all compared with the float64 reference on small fp32 shapes through the Triton
+interpreter.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import attngen
+import attngen.cache
+from attngen import runtime
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATTNGEN_CACHE_DIR", str(tmp_path_factory.mktemp("attngen-cache")))
+        attngen.cache.cache_root.cache_clear()
+        _load.cache_clear()
+        yield
+        _load.cache_clear()
+    attngen.cache.cache_root.cache_clear()
+
+
+@functools.cache
+def _load(text: str) -> attngen.AttentionOp:
+    return attngen.load(text)
+
+
+def _check(text, m, n, params=None, *, backward=False, heads=(2, 1)):
+    op = _load(text)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, heads[0], m, 16, generator=g, requires_grad=True)
+    k, v = (torch.randn(1, heads[1], n, 16, generator=g, requires_grad=True) for _ in range(2))
+    params = params or {}
+    out = op(q, k, v, **params)
+    gold = op.reference(q.double(), k.double(), v.double(), **params)
+    assert (out.double() - gold).abs().max().item() <= 1e-4 * max(gold.abs().max().item(), 1.0)
+    if backward:
+        out.sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+# [Bug] A score constant along the keys (it reads neither `score` nor `kv`: a literal, h, b,
+# lengths, scalar params, q) is not broadcast to the [BLOCK_M, BLOCK_N] tile: the forward's FULL
+# tiles (no mask, or tiles inside it; PARTIAL tiles go through tl.where(keep, s, -INF), which
+# broadcasts) run `s = 0.5` then `tl.max(s, 1)`: "axis 1 out of bounds for shape []" ([M, 1] for
+# a score over q: "input and other must have equal reduction dimensions" in tl.dot). Lengths of
+# one tile (<= 64 in the interpreter) pass. Where: attngen/lower.py's score hook or the
+# `s = {{ score_hook }}` line of templates/fwd.py.jinja (and bwd.py.jinja).
+@pytest.mark.xfail(strict=True, reason="a score constant along the keys is not broadcast to the "
+                                       "tile: crash on FULL tiles")
+@pytest.mark.parametrize("score", ["0.5 * h", "0.1 * q"])
+def test_score_constant_along_keys(score):
+    _check(f"attention const_score {{ score {score} }}", 70, 70)
+
+
+# [Bug] A `grad` float param together with a document() mask breaks the backward's dQ launch:
+# the dQ kernel takes (params, G0, G0_numel, doc_runs_T, doc_sorted_T, grad_rows, ...), the
+# launcher passes param_args (params then `*_documents(...)`) then grad_args, so the document
+# runs and the gradient buffers swap places: "Unsupported ptr type triton.language.int32 in
+# `tl.load`" at `doc_sorted1 = tl.load(doc_sorted_doc + off_b) != 0` in NAME_bwd_dq, whether or
+# not the param requires grad at the call. Where: `_launch_bwd` in templates/module.py.jinja.
+@pytest.mark.xfail(strict=True, reason="grad param + document(): dQ kernel arguments misordered")
+def test_grad_param_with_document_mask():
+    text = ("attention doc_grad { param doc: i32[B, KV]  param slopes: f32[H] grad\n"
+            "  score score + slopes[h]  mask document(doc) }")
+    params = {"doc": torch.zeros(1, 8, dtype=torch.int32), "slopes": torch.rand(2)}
+    _check(text, 8, 8, params, backward=True)
+
+
+# [Bug] An int subexpression of literals only, in a float context, is lowered as
+# `(0 * 2).to(tl.float32)`: a Python int has no `.to` ("'int' object has no attribute 'to'").
+# Masks (int comparisons) and a lone int literal (`0.1 * 0`) are fine. Where: attngen/lower.py's int -> float cast (the checker's
+# `float(x)`); folding literal-only int arithmetic in the checker would also avoid it.
+@pytest.mark.xfail(strict=True, reason="literal-only int arithmetic cast to float: int has no .to")
+@pytest.mark.parametrize("score", ["score * (2 + 3)"])
+def test_literal_int_arithmetic_in_a_float_context(score):
+    _check(f"attention lit_int {{ score {score} }}", 19, 11)
+
+
+# [Bug] int32 overflow: positions and integer arithmetic are int32 in the kernels and int64 in
+# the reference, so products that pass 2**31 wrap in the kernels only: `q * 1000000000` keeps
+# other keys than the reference's. The checker bounds window() sizes (2**30) and literals (32
+# bits) but not products with positions.
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="int32 position arithmetic overflows in the kernels only")
+@pytest.mark.parametrize("text", [
+    "attention wrap_mask { mask (q * 1000000000) % 7 < 3 }",
+    "attention wrap_score { score score + 0.1 * (kv * 1000000000 - q * 1000000000) / "
+    "1000000000.0 }",
+])
+def test_int32_overflow_of_position_products(text):
+    _check(text, 20, 20, heads=(1, 1))
+
+
+# [Bug] A hand-written bound at the int32 limit, `kv <= q + 2147483647`, makes the mask analysis
+# emit `hi = tl.minimum(hi, last_q + 2147483648)` (c + 1 for `<=`), a constant outside int32:
+# the interpreter refuses it ("Scalar 2147483648 is out of range for type int32"). window()
+# sizes are capped at 2**30 for this reason; plain comparisons are not. Where:
+# attngen/sparsity.py (or a cap in the checker like window()'s).
+@pytest.mark.xfail(runtime.interpreting(), strict=True,
+                   reason="kv <= q + 2**31 - 1: the mask analysis's c + 1 leaves int32")
+@pytest.mark.parametrize("mask", ["kv <= q + 2147483647"])
+def test_linear_bound_at_the_int32_limit(mask):
+    _check(f"attention bound {{ mask {mask} }}", 20, 20, heads=(1, 1))
