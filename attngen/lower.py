@@ -109,6 +109,8 @@ class Lowerer:
             return text
         if isinstance(e, ir.IntLit) and ty == FLOAT:
             return ir.format_float(float(e.value))
+        if ty == FLOAT and not any(isinstance(n, ir.Name | ir.Index) for n in ir.walk(e)):
+            return f"{_p(text)} * 1.0"  # literals only: a Python int, which has no .to()
         return f"{_p(text)}.to({_TL_TYPE[ty]})"
 
     def __call__(self, e: ir.Expr) -> str:
@@ -262,6 +264,9 @@ def lower(attention: ir.Attention) -> Lowered:
     transposed = Lowerer(attention, NAMES_TRANSPOSED)
     score_uses_score = any(_is_name(n, "score") for n in ir.walk(attention.score))
     score = lowerer.cast(attention.score, FLOAT)
+    score_t = transposed.cast(attention.score, FLOAT)
+    if not score_uses_score:  # constant along q or kv (or both): give it the tile's shape
+        score, score_t = (f"tl.zeros_like(s) + {_p(text)}" for text in (score, score_t))
     keeps_all = isinstance(attention.mask, ir.BoolLit) and attention.mask.value
     mask = None if keeps_all else lowerer(attention.mask)
     score_grad = derive.score_derivative(attention.score)
@@ -269,7 +274,7 @@ def lower(attention: ir.Attention) -> Lowered:
     params = tuple(KernelParam(p.name, p.dtype, len(p.dims), p.grad) for p in attention.params)
     return Lowered(score=score, mask=mask, score_is_identity=_is_name(attention.score, "score"),
                    score_uses_score=score_uses_score, params=params,
-                   score_t=transposed.cast(attention.score, FLOAT),
+                   score_t=score_t,
                    mask_t=None if keeps_all else transposed(attention.mask),
                    score_grad=None if grad_is_one else lowerer.cast(score_grad, FLOAT),
                    score_grad_t=None if grad_is_one else transposed.cast(score_grad, FLOAT),

@@ -480,14 +480,14 @@ def prune_by_shared_memory(configs, named_args, **kwargs):
         return kept
     # nothing fits (fp32 at D=256): shrink the smallest, fewer stages first, then fewer keys
     smallest = min(configs, key=estimate)
-    kwargs, stages = dict(smallest.kwargs), smallest.num_stages
-    shrunk = triton.Config(kwargs, num_warps=smallest.num_warps, num_stages=stages)
-    while estimate(shrunk) > limit and (stages > 1 or kwargs["BLOCK_N"] > 16):
+    blocks, stages = dict(smallest.kwargs), smallest.num_stages
+    shrunk = triton.Config(dict(blocks), num_warps=smallest.num_warps, num_stages=stages)
+    while estimate(shrunk) > limit and (stages > 1 or blocks["BLOCK_N"] > 16):
         if stages > 1:
             stages -= 1
         else:
-            kwargs["BLOCK_N"] //= 2
-        shrunk = triton.Config(dict(kwargs), num_warps=smallest.num_warps, num_stages=stages)
+            blocks["BLOCK_N"] //= 2
+        shrunk = triton.Config(dict(blocks), num_warps=smallest.num_warps, num_stages=stages)
     return [shrunk]
 
 

@@ -1,6 +1,6 @@
-"""Known bugs of the generated kernels, as strict xfail tests: each passes once its bug is fixed
-(and then fails as XPASS, so the marker comes off with the fix). Found by the numerics work and
-the valid-spec fuzzing (test_fuzz.py steers its strategy around the first two).
+"""Kernel bugs found by the numerics work and the valid-spec fuzzing: fixed ones as regression
+tests ([Fixed]), open ones as strict xfail tests ([Bug]) that fail as XPASS once fixed, so the
+marker comes off with the fix.
 
 All valid specs, all compared with the float64 reference on small fp32 shapes through the Triton
 interpreter.
@@ -52,27 +52,26 @@ def _check(text, m, n, params=None, *, backward=False, heads=(2, 1)):
         assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-# [Bug] A score constant along the keys (it reads neither `score` nor `kv`: a literal, h, b,
+# [Fixed: lower.py gives such scores the tile's shape] A score constant along the keys (it
+# reads neither `score` nor `kv`: a literal, h, b,
 # lengths, scalar params, q) is not broadcast to the [BLOCK_M, BLOCK_N] tile: the forward's FULL
 # tiles (no mask, or tiles inside it; PARTIAL tiles go through tl.where(keep, s, -INF), which
 # broadcasts) run `s = 0.5` then `tl.max(s, 1)`: "axis 1 out of bounds for shape []" ([M, 1] for
 # a score over q: "input and other must have equal reduction dimensions" in tl.dot). Lengths of
 # one tile (<= 64 in the interpreter) pass. Where: attngen/lower.py's score hook or the
 # `s = {{ score_hook }}` line of templates/fwd.py.jinja (and bwd.py.jinja).
-@pytest.mark.xfail(strict=True, reason="a score constant along the keys is not broadcast to the "
-                                       "tile: crash on FULL tiles")
 @pytest.mark.parametrize("score", ["0.5 * h", "0.1 * q"])
 def test_score_constant_along_keys(score):
     _check(f"attention const_score {{ score {score} }}", 70, 70)
 
 
-# [Bug] A `grad` float param together with a document() mask breaks the backward's dQ launch:
+# [Fixed: the dQ kernel now takes the document runs before the gradient buffers] A `grad`
+# float param together with a document() mask broke the backward's dQ launch:
 # the dQ kernel takes (params, G0, G0_numel, doc_runs_T, doc_sorted_T, grad_rows, ...), the
 # launcher passes param_args (params then `*_documents(...)`) then grad_args, so the document
 # runs and the gradient buffers swap places: "Unsupported ptr type triton.language.int32 in
 # `tl.load`" at `doc_sorted1 = tl.load(doc_sorted_doc + off_b) != 0` in NAME_bwd_dq, whether or
 # not the param requires grad at the call. Where: `_launch_bwd` in templates/module.py.jinja.
-@pytest.mark.xfail(strict=True, reason="grad param + document(): dQ kernel arguments misordered")
 def test_grad_param_with_document_mask():
     text = ("attention doc_grad { param doc: i32[B, KV]  param slopes: f32[H] grad\n"
             "  score score + slopes[h]  mask document(doc) }")
@@ -80,11 +79,11 @@ def test_grad_param_with_document_mask():
     _check(text, 8, 8, params, backward=True)
 
 
-# [Bug] An int subexpression of literals only, in a float context, is lowered as
+# [Fixed: lower.py casts literal-only ints with `* 1.0`] An int subexpression of literals
+# only, in a float context, was lowered as
 # `(0 * 2).to(tl.float32)`: a Python int has no `.to` ("'int' object has no attribute 'to'").
 # Masks (int comparisons) and a lone int literal (`0.1 * 0`) are fine. Where: attngen/lower.py's int -> float cast (the checker's
 # `float(x)`); folding literal-only int arithmetic in the checker would also avoid it.
-@pytest.mark.xfail(strict=True, reason="literal-only int arithmetic cast to float: int has no .to")
 @pytest.mark.parametrize("score", ["score * (2 + 3)"])
 def test_literal_int_arithmetic_in_a_float_context(score):
     _check(f"attention lit_int {{ score {score} }}", 19, 11)
