@@ -175,5 +175,154 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, 
     sys.exit(1 if failed else 0)
 
 
+MAX_MASK_ENTRIES = 1 << 24  # the reference materialises int64 grids of q_len x kv_len
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--name", help="The attention to show, when SPEC defines several.")
+@click.option("--kernel", "group", type=click.Choice(["fwd", "bwd", "decode", "all"]),
+              default="all", show_default=True,
+              help="Print only this kernel group's Triton functions (and the helpers they call).")
+@click.option("--mask", "show_mask", is_flag=True,
+              help="Draw the mask (from the reference evaluation) instead of printing source.")
+@click.option("--q-len", type=click.IntRange(1), default=None, help="Queries  [--mask; default 64].")
+@click.option("--kv-len", type=click.IntRange(1), default=None,
+              help="Keys  [--mask; default: q_len]. Positions are bottom-right aligned.")
+@click.option("--param", "param_texts", multiple=True, metavar="NAME=VALUE",
+              help="A param's value [--mask; repeatable]: a number fills it, a comma list gives "
+                   "every element, a document table takes document lengths (10,20,34). Params "
+                   "the mask reads default to three documents or kv_len // 4.")
+@click.option("--head", type=click.IntRange(0), default=0, show_default=True,
+              help="Query head to draw [--mask] (masks that read h differ per head).")
+@click.option("--png", type=click.Path(dir_okay=False),
+              help="Also write the mask as a PNG file (one square per query/key pair) [--mask].")
+@click.option("--width", type=click.IntRange(20), default=None,
+              help="Picture width in characters [--mask; default: the terminal's]; larger masks "
+                   "are downsampled.")
+@click.option("--color/--no-color", default=None,
+              help="Syntax-highlight the source (default: when stdout is a terminal).")
+def show(spec: str, name: str | None, group: str, show_mask: bool, q_len: int | None,
+         kv_len: int | None, param_texts: tuple[str, ...], head: int, png: str | None,
+         width: int | None, color: bool | None) -> None:
+    """Print the generated Triton source of SPEC, or draw its mask.
+
+    The source is the module `attngen build` writes; --kernel cuts out one kernel group.
+    --mask evaluates the spec's mask for one query/key length pair and draws it: █ kept,
+    · masked, ▒ a downsampled cell that is partly kept.
+
+    \b
+    Examples:
+      attngen show examples/alibi.attn --kernel fwd | less
+      attngen show examples/llama.attn --mask --q-len 16 --kv-len 48
+      attngen show examples/packed_docs.attn --mask --q-len 48 --param doc=10,20,18
+      attngen show examples/prefix_lm.attn --mask --q-len 1024 --png prefix.png
+    """
+    from pathlib import Path
+
+    [(path, attentions)], _ = _read_all((spec,))
+    attention = _pick(path, attentions, name)
+    mask_only = {"--q-len": q_len, "--kv-len": kv_len, "--param": param_texts or None,
+                 "--png": png, "--width": width}
+    if not show_mask:
+        used = [flag for flag, value in mask_only.items() if value is not None]
+        if used:
+            raise click.UsageError(f"{', '.join(used)} need{'' if len(used) > 1 else 's'} "
+                                   f"--mask")
+        _show_source(path, attention, Path(path).name, group, color)
+        return
+    if group != "all":
+        raise click.UsageError("--kernel does not apply with --mask")
+    _show_mask(path, attention, q_len or 64, kv_len or q_len or 64, param_texts, head, png, width)
+
+
+def _pick(path: str, attentions, name: str | None):
+    names = [a.name for a in attentions]
+    if name is None and len(attentions) == 1:
+        return attentions[0]
+    if name in names:
+        return attentions[names.index(name)]
+    why = "defines several attentions; pick one with --name" if name is None \
+        else f"has no attention named {name!r}"
+    _fail(path, f"{why} (it defines: {', '.join(names)})")
+
+
+def _fail(path: str, message: str):
+    click.echo(f"{path}: error: {message}", err=True)
+    sys.exit(1)
+
+
+def _show_source(path: str, attention, source_name: str, group: str, color: bool | None) -> None:
+    from .render import render
+    from .show import kernel_source
+
+    text = render(attention, source_name)
+    if group != "all":
+        try:
+            text = kernel_source(text, group, attention.name)
+        except LookupError as err:
+            _fail(path, str(err))
+    if color is None:
+        color = sys.stdout.isatty()
+    if not color:
+        click.echo(text, nl=False)
+        return
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    console = Console(file=sys.stdout, force_terminal=True, soft_wrap=True)
+    console.print(Syntax(text, "python", theme="monokai", background_color="default"))
+
+
+def _show_mask(path: str, attention, q_len: int, kv_len: int, param_texts: tuple[str, ...],
+               head: int, png: str | None, width: int | None) -> None:
+    import shutil
+
+    if q_len * kv_len > MAX_MASK_ENTRIES:
+        _fail(path, f"--q-len {q_len} x --kv-len {kv_len} is too large to draw; at most "
+                    f"{MAX_MASK_ENTRIES} pairs (4096 x 4096)")
+    given = {}
+    for text in param_texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected NAME=VALUE, got {text!r}", param_hint="--param")
+        given[key.strip()] = value
+    from .show import draw, mask_grid, write_png
+
+    try:
+        grid, notes = mask_grid(attention, q_len, kv_len, given, head=head)
+    except ValueError as err:
+        _fail(path, str(err))
+    width = width or shutil.get_terminal_size((80, 24)).columns
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        "█▒·".encode(encoding)
+        ascii_only = False
+    except (UnicodeEncodeError, LookupError):
+        ascii_only = True
+    lines, step = draw(grid, max_width=width, ascii_only=ascii_only)
+    kept = int(grid.sum())
+    offset = kv_len - q_len
+    click.echo(f"{attention.name}: mask {attention.mask_text}")
+    click.echo(f"q_len {q_len}, kv_len {kv_len}, head {head}; row i is the query at position "
+               f"q = i{f' + {offset}' if offset > 0 else f' - {-offset}' if offset < 0 else ''}, "
+               f"column j the key at kv = j")
+    for note in notes:
+        click.echo(note)
+    legend = "# kept  . masked" if ascii_only else "█ kept  · masked"
+    if step > 1:
+        legend += f"  {'+' if ascii_only else '▒'} partly kept; one cell = {step}x{step} pairs"
+    click.echo(f"kept {kept} of {q_len * kv_len} pairs ({100 * kept / (q_len * kv_len):.1f}%)   "
+               f"{legend}")
+    for line in lines:
+        click.echo(line)
+    if png:
+        try:
+            w, h = write_png(png, grid)
+        except OSError as err:
+            _fail(path, f"cannot write {png}: {err}")
+        click.echo(f"wrote {png} ({w}x{h})")
+
+
 if __name__ == "__main__":
     main()

@@ -279,3 +279,266 @@ def test_python_dash_m_entry_point():
     proc = run([sys.executable, "-m", "attngen.cli", "check", "examples/alibi.attn"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("examples/alibi.attn: ok: alibi;")
+
+
+# ---- show: generated source ------------------------------------------------------------------
+
+def test_show_prints_what_build_writes(runner, tmp_path):
+    spec = ROOT / "examples" / "llama.attn"
+    result = invoke(runner, "show", str(spec))
+    assert result.exit_code == 0, result.stderr
+    built = invoke(runner, "build", str(spec), "-o", str(tmp_path))
+    assert built.exit_code == 0, built.stderr
+    assert result.stdout == (tmp_path / "llama.py").read_text()
+    assert "\x1b[" not in result.stdout  # not a terminal: no colour codes
+
+
+def _defs(text: str) -> list[str]:
+    return re.findall(r"^def (\w+)\(", text, re.MULTILINE)
+
+
+@pytest.mark.parametrize("group, expected, absent", [
+    ("fwd", {"_document_runs", "_packed_docs_fwd_tiles", "packed_docs_fwd", "_tile_ranges"},
+     {"packed_docs_bwd_dq", "packed_docs_decode_kernel", "_launch_fwd"}),
+    ("bwd", {"_packed_docs_bwd_preprocess", "packed_docs_bwd_dkdv", "packed_docs_bwd_dq",
+             "_packed_docs_bwd_dkdv_tiles", "_tile_ranges"},
+     {"packed_docs_fwd", "packed_docs_decode_kernel"}),
+    ("decode", {"packed_docs_decode_kernel", "_packed_docs_decode_combine",
+                "_packed_docs_fwd_tiles"},  # decode reuses the forward's tile loop
+     {"packed_docs_fwd", "packed_docs_bwd_dq"}),
+])
+def test_show_kernel_group(runner, group, expected, absent):
+    result = invoke(runner, "show", str(ROOT / "examples" / "packed_docs.attn"), "--kernel", group)
+    assert result.exit_code == 0, result.stderr
+    names = set(_defs(result.stdout))
+    assert expected <= names, names
+    assert not names & absent, names
+    assert result.stdout.lstrip().startswith("@triton.")
+    compile(result.stdout, "<shown>", "exec")  # whole functions, decorators included
+
+
+def test_show_kernel_group_the_spec_leaves_out(runner, tmp_path):
+    spec = tmp_path / "fwd_only.attn"
+    spec.write_text("attention fwd_only {\n    mask causal\n    kernels fwd\n}\n")
+    for group in ("decode", "bwd"):
+        result = invoke(runner, "show", str(spec), "--kernel", group)
+        assert result.exit_code == 1
+        assert result.stdout == ""
+        assert result.stderr.startswith(f"{spec}: error: fwd_only has no {group} kernels "
+                                        f"(it has: fwd)")
+        assert "Traceback" not in result.stderr
+
+
+def test_show_color(runner):
+    result = invoke(runner, "show", str(ROOT / "examples" / "llama.attn"), "--kernel", "fwd",
+                    "--color")
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b[" in result.stdout
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    assert "def llama_fwd(" in plain
+
+
+def test_show_picks_attention_by_name(runner, tmp_path):
+    spec = tmp_path / "two.attn"
+    spec.write_text("attention one {\n    mask causal\n}\nattention two {\n    mask all\n}\n")
+    result = invoke(runner, "show", str(spec), "--name", "two", "--kernel", "fwd")
+    assert result.exit_code == 0, result.stderr
+    assert "def two_fwd(" in result.stdout
+    result = invoke(runner, "show", str(spec))
+    assert result.exit_code == 1
+    assert "several attentions; pick one with --name (it defines: one, two)" in result.stderr
+    result = invoke(runner, "show", str(spec), "--name", "three")
+    assert result.exit_code == 1
+    assert "no attention named 'three'" in result.stderr
+
+
+def test_show_bad_spec_and_missing_file(runner, tmp_path):
+    bad = tmp_path / "bad.attn"
+    bad.write_text(BAD_SPEC)
+    result = invoke(runner, "show", str(bad))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"{bad}:4:13: error: ")
+    result = invoke(runner, "show", str(tmp_path / "nope.attn"), "--mask")
+    assert result.exit_code == 1
+    assert "cannot read spec" in result.stderr
+
+
+def test_show_mask_options_need_mask(runner):
+    result = invoke(runner, "show", str(ROOT / "examples" / "llama.attn"), "--q-len", "8",
+                    "--png", "x.png")
+    assert result.exit_code == 2
+    assert "--q-len, --png need --mask" in result.stderr
+    result = invoke(runner, "show", str(ROOT / "examples" / "llama.attn"), "--mask",
+                    "--kernel", "fwd")
+    assert result.exit_code == 2
+    assert "--kernel does not apply with --mask" in result.stderr
+
+
+# ---- show: mask pictures ---------------------------------------------------------------------
+
+def picture(stdout: str) -> list[str]:
+    """The picture rows of ``show --mask`` (row label stripped)."""
+    rows = (re.match(r"^\s*\d+ ([█▒·#+.]+)$", line) for line in stdout.splitlines())
+    return [row[1] for row in rows if row]
+
+
+def test_show_mask_causal(runner):
+    result = invoke(runner, "show", str(ROOT / "examples" / "llama.attn"), "--mask",
+                    "--q-len", "6")
+    assert result.exit_code == 0, result.stderr
+    rows = picture(result.stdout)
+    assert rows == ["██" * (i + 1) + "··" * (5 - i) for i in range(6)]
+    assert "kept 21 of 36 pairs (58.3%)" in result.stdout
+    assert "mask causal" in result.stdout
+
+
+def test_show_mask_bottom_right_alignment(runner):
+    result = invoke(runner, "show", str(ROOT / "examples" / "llama.attn"), "--mask",
+                    "--q-len", "2", "--kv-len", "5")
+    assert result.exit_code == 0, result.stderr
+    assert picture(result.stdout) == ["██" * 4 + "··", "██" * 5]
+    assert "q = i + 3" in result.stdout
+
+
+def test_show_mask_matches_the_reference(runner):
+    import torch
+
+    from attngen.reference import mask_grid
+    from attngen.runtime import Shapes
+
+    path = ROOT / "examples" / "prefix_lm.attn"
+    result = invoke(runner, "show", str(path), "--mask", "--q-len", "12", "--param", "prefix=5")
+    assert result.exit_code == 0, result.stderr
+    attention = attngen.parse_and_check(path.read_text())[0]
+    shapes = Shapes(batch=1, heads_q=1, heads_kv=1, q_len=12, kv_len=12, head_dim=64)
+    grid = mask_grid(attention, shapes, prefix=torch.tensor([5], dtype=torch.int32))[0, 0]
+    drawn = [[row[2 * j] == "█" for j in range(12)] for row in picture(result.stdout)]
+    assert drawn == grid.tolist()
+    assert "prefix = 5 (given)" in result.stdout
+
+
+def test_show_mask_default_params_are_named(runner):
+    result = invoke(runner, "show", str(ROOT / "examples" / "prefix_lm.attn"), "--mask",
+                    "--q-len", "16")
+    assert result.exit_code == 0, result.stderr
+    assert "prefix = 4 (default: kv_len // 4)" in result.stdout
+    assert picture(result.stdout)[0] == "██" * 4 + "··" * 12
+    result = invoke(runner, "show", str(ROOT / "examples" / "packed_docs.attn"), "--mask",
+                    "--q-len", "16")
+    assert result.exit_code == 0, result.stderr
+    assert "doc = documents of 6, 4, 6 tokens (default)" in result.stdout
+
+
+def test_show_mask_documents_from_lengths(runner):
+    result = invoke(runner, "show", str(ROOT / "examples" / "packed_docs.attn"), "--mask",
+                    "--q-len", "6", "--param", "doc=2,3")  # the last token is padding
+    assert result.exit_code == 0, result.stderr
+    assert picture(result.stdout) == ["██··········", "████········", "····██······",
+                                      "····████····", "····██████··", "··········██"]
+
+
+def test_show_mask_score_only_params_need_no_value(runner):
+    result = invoke(runner, "show", str(ROOT / "examples" / "alibi.attn"), "--mask",
+                    "--q-len", "4")
+    assert result.exit_code == 0, result.stderr
+    assert "slopes" not in result.stdout  # the mask does not read it
+
+
+def test_show_mask_param_without_default(runner, tmp_path):
+    spec = tmp_path / "cut.attn"
+    spec.write_text("attention cut {\n    param keep: bool[Q, KV]\n    mask keep[q, kv]\n}\n")
+    result = invoke(runner, "show", str(spec), "--mask", "--q-len", "4")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"{spec}: error: the mask reads param keep: bool[Q, KV], "
+                                    f"which has no default; pass --param keep=VALUE")
+    result = invoke(runner, "show", str(spec), "--mask", "--q-len", "2", "--param",
+                    "keep=1,0,1,1")
+    assert result.exit_code == 0, result.stderr
+    assert picture(result.stdout) == ["██··", "████"]
+
+
+@pytest.mark.parametrize("param, message", [
+    ("nope=3", "--param nope: prefix_lm has no such param (it takes: prefix)"),
+    ("prefix=x", "--param prefix: expected a value of type i32, got 'x'"),
+    ("prefix=1,2", "--param prefix: expected 1 or 1 values for shape [1], got 2"),
+])
+def test_show_mask_bad_param(runner, param, message):
+    result = invoke(runner, "show", str(ROOT / "examples" / "prefix_lm.attn"), "--mask",
+                    "--param", param)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_show_mask_param_needs_equals(runner):
+    result = invoke(runner, "show", str(ROOT / "examples" / "prefix_lm.attn"), "--mask",
+                    "--param", "prefix")
+    assert result.exit_code == 2
+    assert "expected NAME=VALUE" in result.stderr
+
+
+def test_show_mask_too_long_documents(runner):
+    result = invoke(runner, "show", str(ROOT / "examples" / "packed_docs.attn"), "--mask",
+                    "--q-len", "8", "--param", "doc=5,5")
+    assert result.exit_code == 1
+    assert "add up to at most kv_len 8" in result.stderr
+
+
+def test_show_mask_downsamples_to_the_width(runner):
+    result = invoke(runner, "show", str(ROOT / "examples" / "mistral_swa.attn"), "--mask",
+                    "--q-len", "4096", "--width", "80")
+    assert result.exit_code == 0, result.stderr
+    rows = picture(result.stdout)
+    assert max(len(line) for line in result.stdout.splitlines()[-len(rows) - 1:]) <= 80
+    assert len(rows) == len(rows[0]) // 2  # square
+    assert "one cell = 111x111 pairs" in result.stdout
+    assert "▒" in result.stdout
+    assert rows[0].startswith("▒") and rows[-1].endswith("▒")
+
+
+def test_show_mask_too_large(runner):
+    result = invoke(runner, "show", str(ROOT / "examples" / "llama.attn"), "--mask",
+                    "--q-len", "8192")
+    assert result.exit_code == 1
+    assert "too large to draw" in result.stderr
+
+
+def test_show_mask_png(runner, tmp_path):
+    import struct
+    import zlib
+
+    out = tmp_path / "mask.png"
+    result = invoke(runner, "show", str(ROOT / "examples" / "llama.attn"), "--mask",
+                    "--q-len", "4", "--png", str(out))
+    assert result.exit_code == 0, result.stderr
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (512, 512)
+    assert f"wrote {out} (512x512)" in result.stdout
+    idat = data.index(b"IDAT")
+    size = struct.unpack(">I", data[idat - 4:idat])[0]
+    raw = zlib.decompress(data[idat + 4:idat + 4 + size])
+    row = raw[1:1 + 3 * width]  # first pixel row (after the filter byte): query 0 sees key 0
+    assert row[0] < 128 and row[-1] > 200
+
+
+def test_show_help_has_examples(runner):
+    for command in ("check", "build", "compile", "show"):
+        result = invoke(runner, command, "--help")
+        assert result.exit_code == 0
+        assert "Example" in result.stdout, command
+    assert "attngen show examples/packed_docs.attn --mask" in invoke(runner, "show",
+                                                                        "--help").stdout
+
+
+def test_show_source_does_not_import_torch():
+    code = ("import sys\n"
+            "from click.testing import CliRunner\n"
+            "from attngen.cli import main\n"
+            "result = CliRunner().invoke(main, ['show', 'examples/alibi.attn', '--kernel', 'fwd'])\n"
+            "assert result.exit_code == 0, result.output\n"
+            "assert 'torch' not in sys.modules and 'triton' not in sys.modules\n")
+    proc = run([sys.executable, "-c", code])
+    assert proc.returncode == 0, proc.stderr
