@@ -186,7 +186,8 @@ MAX_MASK_ENTRIES = 1 << 24  # the reference materialises int64 grids of q_len x 
               help="Print only this kernel group's Triton functions (and the helpers they call).")
 @click.option("--mask", "show_mask", is_flag=True,
               help="Draw the mask (from the reference evaluation) instead of printing source.")
-@click.option("--q-len", type=click.IntRange(1), default=None, help="Queries  [--mask; default 64].")
+@click.option("--q-len", type=click.IntRange(1), default=None,
+              help="Queries  [--mask; default 64].")
 @click.option("--kv-len", type=click.IntRange(1), default=None,
               help="Keys  [--mask; default: q_len]. Positions are bottom-right aligned.")
 @click.option("--param", "param_texts", multiple=True, metavar="NAME=VALUE",

@@ -537,7 +537,8 @@ def test_show_source_does_not_import_torch():
     code = ("import sys\n"
             "from click.testing import CliRunner\n"
             "from attngen.cli import main\n"
-            "result = CliRunner().invoke(main, ['show', 'examples/alibi.attn', '--kernel', 'fwd'])\n"
+            "args = ['show', 'examples/alibi.attn', '--kernel', 'fwd']\n"
+            "result = CliRunner().invoke(main, args)\n"
             "assert result.exit_code == 0, result.output\n"
             "assert 'torch' not in sys.modules and 'triton' not in sys.modules\n")
     proc = run([sys.executable, "-c", code])
