@@ -325,5 +325,187 @@ def _show_mask(path: str, attention, q_len: int, kv_len: int, param_texts: tuple
         click.echo(f"wrote {png} ({w}x{h})")
 
 
+
+def _progress():
+    """A rich progress display on stderr (a spinner and the current step)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, \
+        TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
+                    transient=True)
+
+
+def _require_gpu(command: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        click.echo(f"attngen {command}: error: needs a CUDA GPU (torch.cuda.is_available() is "
+                   f"False); timings through the CPU interpreter would mean nothing", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--cases", default="", help="Comma list of case names (default: the whole suite): "
+              "full, causal, window1024, doc8, softcap, alibi, decode_causal.")
+@click.option("--impls", default="attngen,sdpa_flash,sdpa_cudnn,flex", show_default=True,
+              help="Comma list of implementations to time.")
+@click.option("--quick", is_flag=True, help="Skip the N=16k and D=64 rows.")
+@click.option("-o", "--out-dir", default="benchmarks/results", show_default=True,
+              type=click.Path(file_okay=False), help="Where the JSON, markdown and plot go.")
+@click.option("--name", default=None, help="File stem [default: DATE-GPU-bench].")
+@click.option("--from", "from_json", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Render the markdown and plot of an earlier run's JSON (no GPU needed).")
+def bench(cases: str, impls: str, quick: bool, out_dir: str, name: str | None,
+          from_json: str | None) -> None:
+    """Time attngen beside SDPA (flash, cuDNN) and compiled FlexAttention on a GPU.
+
+    One process, the same random bf16 inputs for every implementation; prints the table and
+    writes NAME.json (one row per case, implementation and mode), NAME.md and NAME.png (with
+    matplotlib: pip install 'attngen[bench]').
+
+    \b
+    Examples:
+      attngen bench --quick                      # about 3 minutes on an H100
+      attngen bench --cases causal,softcap --impls attngen,flex
+      attngen bench --from benchmarks/results/2026-11-22-h100-bench.json
+    """
+    from pathlib import Path
+
+    from . import bench as suite
+
+    if from_json:
+        try:
+            rows, checks, info = suite.read(Path(from_json))
+        except (ValueError, OSError) as err:
+            _fail(from_json, str(err))
+        stem = name or Path(from_json).stem
+    else:
+        try:
+            selected = suite.select([c.strip() for c in cases.split(",") if c.strip()], quick)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--cases") from None
+        chosen = tuple(i.strip() for i in impls.split(",") if i.strip())
+        unknown = sorted(set(chosen) - set(suite.IMPLS))
+        if unknown:
+            raise click.BadParameter(f"unknown implementation {unknown[0]!r}; expected some of "
+                                     f"{', '.join(suite.IMPLS)}", param_hint="--impls")
+        _require_gpu("bench")
+        info = suite.meta()
+        info["command"] = " ".join(["attngen bench", "--quick" * quick,
+                                    f"--cases {cases}" * bool(cases),
+                                    f"--impls {impls}" * (chosen != suite.IMPLS)]).strip()
+        with _progress() as progress:
+            task = progress.add_task("benchmarks", total=len(selected))
+
+            def step(text: str) -> None:
+                progress.update(task, description=text)
+
+            rows, checks = [], []
+            for case in selected:
+                case_rows, case_checks = suite.run((case,), chosen, step)
+                rows += case_rows
+                checks += case_checks
+                progress.advance(task)
+        from .tuning import gpu_slug
+
+        stem = name or f"{info['date']}-{gpu_slug(info['gpu'])}-bench"
+    written = suite.write(Path(out_dir), stem, rows, checks, info)
+    click.echo(suite.markdown(rows, checks, info))
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _shape_list(text: str) -> list[tuple[int, int, int, int, int]]:
+    shapes = []
+    for item in text.split():
+        try:
+            values = tuple(int(x) for x in item.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 5 or min(values) < 1:
+            raise click.BadParameter(f"expected B,Hq,Hkv,N,D (five positive integers) per shape, "
+                                     f"got {item!r}", param_hint="--shapes")
+        if values[1] % values[2]:
+            raise click.BadParameter(f"Hq must be a multiple of Hkv, got {item!r}",
+                                     param_hint="--shapes")
+        shapes.append(values)
+    if not shapes:
+        raise click.BadParameter("expected at least one shape", param_hint="--shapes")
+    return shapes
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--shapes", "shapes_text", required=True,
+              help="Space-separated B,Hq,Hkv,N,D shapes to tune at (N: queries = keys; decode "
+                   "tunes one query against N keys).")
+@click.option("--dtype", default="bf16", show_default=True, type=click.Choice(["bf16", "fp16",
+                                                                                 "fp32"]))
+@click.option("--kernels", "which", default="fwd,bwd,decode", show_default=True,
+              help="Comma list of kernel groups: fwd, bwd, decode.")
+@click.option("-o", "--out-dir", default=None, type=click.Path(file_okay=False),
+              help="Table directory [default: $ATTNGEN_TUNING_DIR's first entry, else the cache's "
+                   "tuning/].")
+def tune(files: tuple[str, ...], shapes_text: str, dtype: str, which: str,
+         out_dir: str | None) -> None:
+    """Autotune the kernels of spec FILES at given shapes on this GPU and keep the choices.
+
+    Writes (merges into) OUT_DIR/<gpu>.json; the runtime reads that table before autotuning,
+    so a fresh process, and every rank of a job pointed at the directory through
+    ATTNGEN_TUNING_DIR, launches the tuned configs at once.
+
+    \b
+    Example:
+      attngen tune examples/llama.attn --shapes "8,16,16,2048,128 2,16,16,8192,128"
+      ATTNGEN_TUNING_DIR=/shared/tuning attngen tune examples/*.attn --shapes 1,32,8,4096,128
+    """
+    import os
+    from pathlib import Path
+
+    groups = tuple(g.strip() for g in which.split(","))
+    if not set(groups) <= {"fwd", "bwd", "decode"}:
+        raise click.BadParameter(f"expected a comma list of fwd, bwd, decode; got {which!r}",
+                                 param_hint="--kernels")
+    shapes = _shape_list(shapes_text)
+    specs, _ = _read_all(files)
+    _require_gpu("tune")
+    import torch
+
+    from . import tuning
+    from .api import AttentionOp
+    from .runtime import SPEC_DTYPES
+
+    target = Path(out_dir) if out_dir else Path(
+        next((d for d in os.environ.get("ATTNGEN_TUNING_DIR", "").split(os.pathsep) if d), "")
+        or tuning.default_dir())
+    ops = [(path, AttentionOp(a, Path(path).name)) for path, attentions in specs
+           for a in attentions]
+    for path, op in ops:
+        if dtype not in op.spec.dtypes:
+            _fail(path, f"{op.name} does not take {dtype} (its dtypes: "
+                        f"{', '.join(op.spec.dtypes)})")
+        for shape in shapes:
+            if op.spec.head_dims and shape[4] not in op.spec.head_dims:
+                _fail(path, f"{op.name} takes head dims {list(op.spec.head_dims)}, the shape "
+                            f"{','.join(map(str, shape))} has D={shape[4]}")
+    gpu = torch.cuda.get_device_name()
+    entries = []
+    with _progress() as progress:
+        task = progress.add_task("tuning", total=len(ops) * len(shapes))
+        for path, op in ops:
+            for shape in shapes:
+                entries += tuning.tune(op, [shape], dtype=SPEC_DTYPES[dtype], kernels=groups,
+                                       step=lambda text: progress.update(task, description=text))
+                progress.advance(task)
+    written = tuning.write_entries(target, gpu, entries)
+    for e in entries:
+        c = e["config"]
+        blocks = " ".join(f"{k}={v}" for k, v in c["kwargs"].items())
+        click.echo(f"{e['kernel']} key {e['key'][:3]}: {blocks} warps={c['num_warps']} "
+                   f"stages={c['num_stages']}" + (f"  {e['ms']:.4f} ms" if e["ms"] else ""))
+    click.echo(f"wrote {len(entries)} entries to {written} ({gpu})")
+
+
 if __name__ == "__main__":
     main()

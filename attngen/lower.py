@@ -29,7 +29,7 @@ DIM_SIZES = {"B": "batch", "H": "heads_q", "HKV": "heads_kv", "Q": "q_len", "KV"
 _IN_RANGE = {("b", "B"), ("h", "H"), ("hkv", "HKV"), ("hkv", "H")}
 _FLOAT_FUNCS = {"exp": "tl.exp", "exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2",
                 "sqrt": "tl.sqrt", "rsqrt": "tl.rsqrt", "sin": "tl.sin", "cos": "tl.cos",
-                "sigmoid": "tl.sigmoid", "tanh": "_tanh"}
+                "sigmoid": "tl.sigmoid"}
 _TL_TYPE = {INT: "tl.int32", FLOAT: "tl.float32", BOOL: "tl.int1"}
 
 
@@ -167,6 +167,8 @@ class Lowerer:
         f = e.func
         if f in _FLOAT_FUNCS:
             return f"{_FLOAT_FUNCS[f]}({self.cast(e.args[0], FLOAT)})"
+        if f == "tanh":  # the kernel's PRECISION picks the hardware approximation or libdevice
+            return f"_tanh({self.cast(e.args[0], FLOAT)}, PRECISION)"
         if f == "float":
             return self.cast(e.args[0], FLOAT)
         if f == "abs":

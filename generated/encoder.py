@@ -19,6 +19,7 @@ Derivatives used by the backward kernels (derived symbolically from the spec):
 import torch
 
 from attngen import runtime  # before triton: with no GPU it selects the Triton interpreter
+from attngen import tuning
 
 import triton
 import triton.language as tl
@@ -80,11 +81,17 @@ def _pow(a, b):
 
 
 @triton.jit
-def _tanh(x):
-    if _INTERPRET_TL:  # libdevice does not run in the interpreter
+def _tanh(x, PRECISION: tl.constexpr):
+    # 16-bit inputs: the hardware's tanh.approx.f32 (relative error below 2**-10.9, under bf16's
+    # 2**-8 and fp16's 2**-11 rounding of the inputs); fp32 inputs ("ieee"): libdevice's tanh
+    if _INTERPRET_TL:  # neither runs in the interpreter
         return 2.0 * tl.sigmoid(2.0 * x) - 1.0
-    else:
+    elif PRECISION == "ieee":
         return libdevice.tanh(x)
+    else:
+        return tl.inline_asm_elementwise(
+            "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
 
 
 def _documents(params, shapes):
@@ -1144,8 +1151,11 @@ def _encoder_decode_combine(
 
 
 def _launch(kernel, grid, args, flags, trace):
-    """Autotuned launch; when tracing (debugging), the trace's fixed blocks and TRACE on."""
+    """Autotuned launch (configs from a tuning table first, see attngen.tuning); when tracing
+    (debugging), the trace's fixed blocks and TRACE on."""
     if trace is None:
+        if not _INTERPRET:
+            tuning.seed(kernel, SPEC_HASH, args[0].device.index)
         kernel[grid](*args, **flags)
     else:
         kernel.fn[grid](

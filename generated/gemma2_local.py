@@ -22,6 +22,7 @@ Derivatives used by the backward kernels (derived symbolically from the spec):
 import torch
 
 from attngen import runtime  # before triton: with no GPU it selects the Triton interpreter
+from attngen import tuning
 
 import triton
 import triton.language as tl
@@ -83,11 +84,17 @@ def _pow(a, b):
 
 
 @triton.jit
-def _tanh(x):
-    if _INTERPRET_TL:  # libdevice does not run in the interpreter
+def _tanh(x, PRECISION: tl.constexpr):
+    # 16-bit inputs: the hardware's tanh.approx.f32 (relative error below 2**-10.9, under bf16's
+    # 2**-8 and fp16's 2**-11 rounding of the inputs); fp32 inputs ("ieee"): libdevice's tanh
+    if _INTERPRET_TL:  # neither runs in the interpreter
         return 2.0 * tl.sigmoid(2.0 * x) - 1.0
-    else:
+    elif PRECISION == "ieee":
         return libdevice.tanh(x)
+    else:
+        return tl.inline_asm_elementwise(
+            "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
 
 
 def _documents(params, shapes):
@@ -200,7 +207,7 @@ def _gemma2_local_fwd_tiles(
             v = tl.load(v_base + v_rows[:, None], mask=d_valid[None, :], other=0.0)
         s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
         if not SCORE_IS_IDENTITY:
-            s = 50.0 * _tanh(s / 50.0)
+            s = 50.0 * _tanh(s / 50.0, PRECISION)
             s = s * LOG2E
         if PARTIAL:
             keep = n_valid[None, :]
@@ -512,7 +519,7 @@ def _gemma2_local_bwd_dkdv_tiles(
         if SCORE_IS_IDENTITY:
             s2 = s * LOG2E
         else:
-            s2 = (50.0 * _tanh(s / 50.0)) * LOG2E
+            s2 = (50.0 * _tanh(s / 50.0, PRECISION)) * LOG2E
         if PARTIAL:
             keep = m_valid[None, :] & n_valid[:, None]
             if HAS_MASK:
@@ -529,7 +536,10 @@ def _gemma2_local_bwd_dkdv_tiles(
         dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         ds = p * (dp - delta[None, :])
         if not SCORE_GRAD_IS_ONE:
-            ds = ds * (50.0 * ((1.0 - (_tanh(s / 50.0) * _tanh(s / 50.0))) * (1.0 / 50.0)))
+            ds = ds * (
+                50.0
+                * ((1.0 - (_tanh(s / 50.0, PRECISION) * _tanh(s / 50.0, PRECISION))) * (1.0 / 50.0))
+            )
             if PARTIAL:
                 ds = tl.where(keep, ds, 0.0)
         dk += tl.dot(ds.to(q.dtype), q, input_precision=PRECISION)
@@ -773,7 +783,7 @@ def _gemma2_local_bwd_dq_tiles(
         if SCORE_IS_IDENTITY:
             s2 = s * LOG2E
         else:
-            s2 = (50.0 * _tanh(s / 50.0)) * LOG2E
+            s2 = (50.0 * _tanh(s / 50.0, PRECISION)) * LOG2E
         if PARTIAL:
             keep = m_valid[:, None] & n_valid[None, :]
             if HAS_MASK:
@@ -791,7 +801,10 @@ def _gemma2_local_bwd_dq_tiles(
         if SCORE_GRAD_IS_ONE:
             ds = ds_mod
         else:
-            ds = ds_mod * (50.0 * ((1.0 - (_tanh(s / 50.0) * _tanh(s / 50.0))) * (1.0 / 50.0)))
+            ds = ds_mod * (
+                50.0
+                * ((1.0 - (_tanh(s / 50.0, PRECISION) * _tanh(s / 50.0, PRECISION))) * (1.0 / 50.0))
+            )
             if PARTIAL:
                 ds = tl.where(keep, ds, 0.0)
         dq += tl.dot(ds.to(k.dtype), tl.trans(k), input_precision=PRECISION)
@@ -1201,8 +1214,11 @@ def _gemma2_local_decode_combine(
 
 
 def _launch(kernel, grid, args, flags, trace):
-    """Autotuned launch; when tracing (debugging), the trace's fixed blocks and TRACE on."""
+    """Autotuned launch (configs from a tuning table first, see attngen.tuning); when tracing
+    (debugging), the trace's fixed blocks and TRACE on."""
     if trace is None:
+        if not _INTERPRET:
+            tuning.seed(kernel, SPEC_HASH, args[0].device.index)
         kernel[grid](*args, **flags)
     else:
         kernel.fn[grid](

@@ -1,0 +1,225 @@
+"""Persistent tuning: the autotuner's choices kept per GPU, read before any autotuning.
+
+A table is ``<dir>/<gpu>.json`` (``gpu``: the device name as a slug, e.g.
+``nvidia-h100-80gb-hbm3``) holding one entry per (kernel, spec hash, autotuning key):
+
+    {"format": 1, "gpu": "NVIDIA H100 80GB HBM3",
+     "entries": [{"kernel": "llama_fwd", "spec_hash": "...", "key": [4096, 4096, 128, "torch.bfloat16", ...],
+                  "config": {"kwargs": {"BLOCK_M": 128, "BLOCK_N": 64}, "num_warps": 4, "num_stages": 3},
+                  "ms": 0.41, "triton": "3.6.0", "date": "2026-11-22"}]}
+
+The key is Triton's own autotuning key (the length buckets, the head dim and the dtypes of the
+tensor arguments), so an entry applies to exactly the calls that autotuning would have timed.
+Before a kernel's first launch on a device, the runtime copies the matching entries into its
+autotuner's cache (``seed``): those calls launch at once, others still autotune. An entry
+applies only to the spec it was tuned for (same hash); a stale or foreign entry is ignored.
+
+Directories read, first match wins: ``$ATTNGEN_TUNING_DIR`` (``os.pathsep``-separated), the
+cache root's ``tuning/`` (where ``attngen tune`` writes by default), and the tables shipped
+with attngen (the repository's ``tuning/``). ``attngen tune --out DIR`` writes elsewhere, e.g. a
+directory every rank of a job reads through ``ATTNGEN_TUNING_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+from datetime import date
+from functools import cache
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+FORMAT = 1
+
+
+def gpu_slug(name: str) -> str:
+    """A device name as a file name: ``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def default_dir() -> Path:
+    """Where ``attngen tune`` writes unless told otherwise: the cache root's ``tuning/``."""
+    from .cache import cache_root
+
+    return cache_root() / "tuning"
+
+
+def search_dirs() -> list[Path]:
+    dirs = [Path(d) for d in os.environ.get("ATTNGEN_TUNING_DIR", "").split(os.pathsep) if d]
+    dirs.append(default_dir())
+    try:
+        from .resources import data_dir
+
+        dirs.append(data_dir("tuning"))
+    except FileNotFoundError:  # an install without shipped tables
+        pass
+    return dirs
+
+
+def read_table(path: Path) -> list[dict]:
+    """A table's entries; an unreadable or malformed table warns and counts as empty."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        entries = document["entries"]
+        if document.get("format") != FORMAT or not isinstance(entries, list):
+            raise ValueError(f"expected format {FORMAT} with a list of entries")
+        for e in entries:
+            if not (isinstance(e.get("kernel"), str) and isinstance(e.get("key"), list)
+                    and isinstance(e.get("config", {}).get("kwargs"), dict)):
+                raise ValueError(f"malformed entry {str(e)[:120]}")
+        return entries
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        warnings.warn(f"attngen: ignoring tuning table {path}: {err}", stacklevel=2)
+        return []
+
+
+@cache
+def _entries_for_gpu(gpu_name: str) -> dict[tuple, dict]:
+    """(kernel, spec hash, key) -> entry over every table for this GPU, earlier dirs first."""
+    found: dict[tuple, dict] = {}
+    for directory in search_dirs():
+        for e in read_table(directory / f"{gpu_slug(gpu_name)}.json"):
+            found.setdefault(_entry_id(e), e)
+    return found
+
+
+def _entry_id(entry: dict) -> tuple:
+    return entry["kernel"], entry.get("spec_hash"), _hashable(entry["key"])
+
+
+def _hashable(key: Iterable) -> tuple:
+    return tuple(tuple(k) if isinstance(k, list) else k for k in key)
+
+
+def _config(entry: dict):
+    import triton
+
+    c = entry["config"]
+    return triton.Config(dict(c["kwargs"]), num_warps=c.get("num_warps", 4),
+                         num_stages=c.get("num_stages", 3), num_ctas=c.get("num_ctas", 1),
+                         maxnreg=c.get("maxnreg"))
+
+
+_SEEDED: set[tuple[int, int]] = set()  # (id(kernel), device index) already seeded
+
+
+def seed(kernel: Any, spec_hash: str, device_index: int) -> None:
+    """Copy the table entries of this kernel, spec and GPU into its autotuner's cache (once per
+    kernel and device; a set lookup afterwards). Kernels with a single config skip."""
+    token = (id(kernel), device_index)
+    if token in _SEEDED:
+        return
+    _SEEDED.add(token)
+    configs = getattr(kernel, "configs", None)
+    if configs is None or len(configs) < 2:
+        return
+    import torch
+
+    name = kernel.base_fn.__name__
+    for (kernel_name, entry_hash, key), entry in _entries_for_gpu(
+            torch.cuda.get_device_name(device_index)).items():
+        if kernel_name == name and entry_hash == spec_hash:
+            kernel.cache.setdefault(key, _config(entry))
+
+
+def forget() -> None:
+    """Drop what was read (tables changed on disk, or a test points the search elsewhere)."""
+    _entries_for_gpu.cache_clear()
+    _SEEDED.clear()
+
+
+# ---- writing tables ---------------------------------------------------------------------------
+
+
+def entries_of(kernel: Any, spec_hash: str) -> list[dict]:
+    """The autotuner's current choices of ``kernel`` as table entries."""
+    import triton
+
+    out = []
+    timings = getattr(kernel, "configs_timings", None) or {}
+    for key, config in kernel.cache.items():
+        ms = timings.get(config)
+        out.append(dict(
+            kernel=kernel.base_fn.__name__, spec_hash=spec_hash, key=list(key),
+            config=dict(kwargs=dict(config.kwargs), num_warps=config.num_warps,
+                        num_stages=config.num_stages, num_ctas=config.num_ctas,
+                        maxnreg=config.maxnreg),
+            ms=None if ms is None else round(float(ms[0] if isinstance(ms, list) else ms), 5),
+            triton=triton.__version__, date=str(date.today())))
+    return out
+
+
+def write_entries(directory: Path, gpu_name: str, entries: list[dict]) -> Path:
+    """Merge ``entries`` into ``directory/<gpu>.json`` (new entries replace same-id ones), under a
+    file lock and by atomic rename, so ranks writing at once never tear the table."""
+    from filelock import FileLock
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{gpu_slug(gpu_name)}.json"
+    with FileLock(str(path) + ".lock"):
+        merged = {_entry_id(e): e for e in read_table(path)}
+        merged.update({_entry_id(e): e for e in entries})
+        ordered = sorted(merged.values(), key=lambda e: (e["kernel"], str(e["key"])))
+        document = {"format": FORMAT, "gpu": gpu_name, "entries": ordered}
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    forget()
+    return path
+
+
+def kernels_of(module: Any) -> list[Any]:
+    """The autotuned kernels of a generated module (forward, backward, decode)."""
+    name = module.NAME
+    names = (f"{name}_fwd", f"{name}_bwd_dkdv", f"{name}_bwd_dq", f"{name}_decode_kernel")
+    return [getattr(module, n) for n in names if hasattr(module, n)]
+
+
+def tune(op: Any, shapes: list[tuple[int, int, int, int, int]], *, dtype, kernels: Iterable[str],
+         step: Callable[[str], None] = lambda _: None) -> list[dict]:
+    """Autotune ``op`` (an ``AttentionOp``) on the current GPU at each (B, Hq, Hkv, N, D):
+    forward (q_len = kv_len = N), backward, and decode (one query against N keys), as
+    ``kernels`` asks. Fresh timings: the table is not consulted. Returns the chosen entries."""
+    import torch
+
+    from .testing import random_params
+
+    if os.environ.get("ATTNGEN_AUTOTUNE", "1") == "0":
+        raise RuntimeError("attngen tune: ATTNGEN_AUTOTUNE=0 limits every kernel to one config; "
+                           "unset it to tune")
+    module = op.module
+    tuned = kernels_of(module)
+    device = torch.device("cuda", torch.cuda.current_device())
+    for kernel in tuned:
+        kernel.cache.clear()
+        _SEEDED.add((id(kernel), device.index))  # tune afresh: no seeding from existing tables
+    kernels = set(kernels)
+    generator = torch.Generator().manual_seed(0)
+    chosen: dict[tuple, dict] = {}
+    for B, Hq, Hkv, N, D in shapes:
+        params = random_params(op.spec, B, Hq, Hkv, N, N, device, generator)
+        q, k, v = (torch.randn(B, h, N, D, device=device, dtype=dtype)
+                   for h in (Hq, Hkv, Hkv))
+        if "fwd" in kernels or "bwd" in kernels:
+            step(f"{op.name} fwd{' + bwd' if 'bwd' in kernels else ''} B={B} Hq={Hq} Hkv={Hkv} "
+                 f"N={N} D={D}")
+            with torch.enable_grad():
+                leaves = [x.requires_grad_("bwd" in kernels) for x in (q, k, v)]
+                out = op(*leaves, **params)
+                if "bwd" in kernels:
+                    out.backward(torch.randn_like(out))
+        if "decode" in kernels and "decode" in op.spec.kernels:
+            step(f"{op.name} decode B={B} Hq={Hq} Hkv={Hkv} L={N} D={D}")
+            op.decode(q[:, :, -1:].detach(), k.detach(), v.detach(), **params)
+        torch.cuda.synchronize()
+        for kernel in tuned:  # the autotuner keeps timings of its latest key only: collect now
+            for e in entries_of(kernel, module.SPEC_HASH):
+                chosen.setdefault(_entry_id(e), e)
+    return list(chosen.values())
