@@ -334,14 +334,16 @@ def default_scale(scale: float | None, head_dim: int) -> float:
 # ---- kernels: devices, the interpreter, autotuning ------------------------------------------------
 
 
-# Default search spaces: (BLOCK_M, BLOCK_N, num_warps, num_stages). BLOCK_M 128 with BLOCK_N 64,
-# 4 warps, 2-3 stages won most shapes of a plain FA2 forward on an H100. The backward's two
-# kernels share one space (dK/dV tiles keys by BLOCK_N, dQ tiles queries by BLOCK_M).
+# Default search spaces: (BLOCK_M, BLOCK_N, num_warps, num_stages), the first also the untuned
+# default. From sweeps on an H100 (bf16, D 128, causal 4k and full 16k: benchmarks/sweep.py):
+# the forward peaks at 128x128 tiles, 8 warps, 3 stages. The backward's two kernels share one
+# space (dK/dV tiles keys by BLOCK_N, dQ tiles queries by BLOCK_M): dK/dV prefers 32-64 queries
+# per step, dQ 64-128 rows.
 DEFAULT_SPACES = {
-    "fwd": ((128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 2), (128, 128, 8, 2),
-            (128, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)),
-    "bwd": ((64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (64, 64, 8, 3), (32, 64, 4, 2),
-            (128, 128, 8, 2)),
+    "fwd": ((128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (128, 64, 4, 2),
+            (64, 32, 4, 2)),
+    "bwd": ((64, 64, 4, 2), (32, 64, 4, 2), (128, 64, 8, 3), (64, 128, 8, 2), (64, 32, 4, 3),
+            (32, 128, 8, 2)),
     # decode streams K and V: deep pipelines over 64-128 keys; its BLOCK_M (the query heads of a
     # kv head times q_len) is fixed by the call, so the m entry is unused
     "decode": ((0, 64, 4, 3), (0, 128, 4, 3), (0, 64, 4, 4), (0, 128, 8, 3), (0, 32, 4, 4),
