@@ -30,7 +30,6 @@ import pytest
 import torch
 
 import attngen
-import attngen.cache
 from attngen import runtime  # noqa: F401  (before triton: selects the interpreter without a GPU)
 from attngen.testing import random_params
 
@@ -43,17 +42,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
     pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ATTNGEN_CACHE_DIR", str(tmp_path_factory.mktemp("attngen-cache")))
-        attngen.cache.cache_root.cache_clear()
-        _op.cache_clear()
-        yield
-        _op.cache_clear()
-    attngen.cache.cache_root.cache_clear()
 
 
 @functools.cache

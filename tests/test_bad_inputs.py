@@ -18,7 +18,6 @@ import pytest
 import torch
 
 import attngen
-import attngen.cache
 from attngen import runtime  # before triton: with no GPU this selects the Triton interpreter
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -34,14 +33,10 @@ B, HQ, HKV, M, N, D = 2, 4, 2, 3, 5, 16
 
 
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ATTNGEN_CACHE_DIR", str(tmp_path_factory.mktemp("attngen-cache")))
-        attngen.cache.cache_root.cache_clear()
-        yield {"alibi": attngen.load(EXAMPLES / "alibi.attn"),
-               "packed_docs": attngen.load(EXAMPLES / "packed_docs.attn"),
-               "scalars": attngen.load(SCALARS)}
-    attngen.cache.cache_root.cache_clear()
+def ops():
+    return {"alibi": attngen.load(EXAMPLES / "alibi.attn"),
+            "packed_docs": attngen.load(EXAMPLES / "packed_docs.attn"),
+            "scalars": attngen.load(SCALARS)}
 
 
 class Launched(Exception):

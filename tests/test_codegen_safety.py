@@ -21,7 +21,6 @@ import pytest
 import torch
 
 import attngen
-import attngen.cache
 from attngen import SpecError, checker
 from attngen import runtime  # before triton: with no GPU this selects the Triton interpreter
 from attngen.render import render
@@ -209,16 +208,6 @@ ACCEPTED = {
     "longest_names": (LONGEST_NAMES, lambda b, hq: {LONGEST: torch.rand(hq) * 0.5}, LONGEST),
     "edge_literals_and_comments": (EDGE_LITERALS, lambda b, hq: {}, None),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache_dir(tmp_path_factory):
-    """A fresh attngen cache for this module, set before the first load."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ATTNGEN_CACHE_DIR", str(tmp_path_factory.mktemp("attngen-cache")))
-        attngen.cache.cache_root.cache_clear()
-        yield
-    attngen.cache.cache_root.cache_clear()
 
 
 def _rel_err(x, gold) -> float:

@@ -1,8 +1,10 @@
 """``attngen compile``: every example's kernels compile for a GPU target without a GPU, and
 the fp16/bf16 kernels for sm_90 use Hopper's wgmma.
 
-Runs the CLI in subprocesses with TRITON_INTERPRET=0 (compiled, not interpreted, kernels) and
-private attngen and Triton caches, so timings are those of a cold CI run. Compiling is
+Runs the CLI in subprocesses with TRITON_INTERPRET=0 (compiled, not interpreted, kernels), a
+private Triton cache per command, so timings are those of a cold CI run, and the session's
+private attngen cache (conftest.py: a spec another module or command rendered is not rendered
+again; rendering is not what this module times). Compiling is
 single-threaded and slow, so every compile command of this module starts at once,
 ATTNGEN_COMPILE_JOBS at a time (default: the CPU count, at most 4); the sweep runs as one command
 per spec (the same command on a subset of the files: the same output lines and exit status).
@@ -61,10 +63,10 @@ LINE = re.compile(
     r"wgmma (?P<wgmma>yes|NO)(?P<missing>  <- expected wgmma)?$")
 
 
-def _compile(tmp: Path, *args: str, timeout: int = COMMAND_LIMIT_S):
+def _compile(tmp: Path, attngen_cache: Path, *args: str, timeout: int = COMMAND_LIMIT_S):
     tmp.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.update(TRITON_INTERPRET="0", ATTNGEN_CACHE_DIR=str(tmp / "attngen-cache"),
+    env.update(TRITON_INTERPRET="0", ATTNGEN_CACHE_DIR=str(attngen_cache),
                TRITON_CACHE_DIR=str(tmp / "triton-cache"))
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "attngen.cli", "compile", *args], cwd=REPO,
@@ -79,7 +81,7 @@ def _log(proc) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, attngen_cache_dir):
     """Every compile command of this module, started together; name -> (proc, lines, seconds)."""
     tmp = tmp_path_factory.mktemp("compile")
     (tmp / "ipow.attn").write_text(INT_POW_SPEC, encoding="utf-8")
@@ -98,7 +100,8 @@ def runs(tmp_path_factory):
     }
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=JOBS) as pool:
-        futures = {name: pool.submit(_compile, tmp / re.sub(r"\W", "_", name), *args)
+        futures = {name: pool.submit(_compile, tmp / re.sub(r"\W", "_", name),
+                                     attngen_cache_dir, *args)
                    for name, args in commands.items()}
         results = {name: f.result() for name, f in futures.items()}
     wall = time.perf_counter() - start

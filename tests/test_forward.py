@@ -48,7 +48,6 @@ import pytest
 import torch
 
 import attngen
-import attngen.cache
 from attngen import runtime  # before triton: with no GPU this selects the Triton interpreter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,18 +82,6 @@ else:
         raise RuntimeError(
             "tests/test_forward.py needs the Triton interpreter on a machine without a GPU, but "
             "triton was imported before attngen.runtime could select it; set TRITON_INTERPRET=1")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache_dir(tmp_path_factory):
-    """A fresh attngen cache for this module, set before the first load."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ATTNGEN_CACHE_DIR", str(tmp_path_factory.mktemp("attngen-cache")))
-        attngen.cache.cache_root.cache_clear()
-        _load.cache_clear()
-        yield
-        _load.cache_clear()
-    attngen.cache.cache_root.cache_clear()
 
 
 @functools.cache

@@ -53,8 +53,7 @@ HULL_ONLY = {"sink_window"}
 
 
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory):
-    os.environ["ATTNGEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+def ops():
     return {name: attngen.load(f"attention {name} {{\n{body}\n}}")
             for name, body in SPECS.items()}
 

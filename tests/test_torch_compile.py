@@ -18,24 +18,12 @@ import pytest
 import torch
 
 import attngen
-import attngen.cache
 from attngen import runtime  # noqa: F401  before triton: with no GPU this selects the interpreter
 from test_forward import DEVICE, EXAMPLES_DIR
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ATTNGEN_CACHE_DIR", str(tmp_path_factory.mktemp("attngen-cache")))
-        attngen.cache.cache_root.cache_clear()
-        _load.cache_clear()
-        yield
-        _load.cache_clear()
-    attngen.cache.cache_root.cache_clear()
 
 
 @functools.cache
