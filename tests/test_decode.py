@@ -8,12 +8,14 @@ are test_forward.py's (fp32 relative 1e-4; fp16 within 2x the fp16 reference's o
 Default run (covering, about a minute on two cores): every example spec once, each case cycling
 GQA 1:1 / 4:1 / 8:1, q_len 1 / 4, page sizes 16 / 64 / 256, head dims and dtypes, with ragged
 kv_len (the capacity, 1, 3, 113: lengths that are not multiples of a page or a tile, and rows
-at negative positions when kv_len < q_len) in one and three splits; the paged cache must give
+at negative positions when kv_len < q_len) in one or three splits (alternating, both in the full
+matrix; other tests use 2, 4, 5 and the default); the paged cache must give
 bit-for-bit the contiguous cache's result (in the interpreter; on a GPU the autotuner may pick
 another tile size for the paged kernel, so there they agree to rounding). Traced tiles: a window over a long cache visits the
 window's tiles only, and the visited/FULL tiles of several masks equal the brute-force
 classification. Bad inputs raise ValueError before any launch.
-``ATTNGEN_FULL_MATRIX=1``: every example x GQA x q_len x page size x dtype.
+``ATTNGEN_FULL_MATRIX=1``: every example x GQA x q_len x page size x dtype, in one and three
+splits.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import pytest
 import torch
 
 import attngen
-import attngen.cache
 from attngen import runtime, testing  # before triton: with no GPU this selects the interpreter
 from attngen.reference import mask_grid
 from test_forward import (DEVICE, EXAMPLE_NAMES, EXAMPLES_DIR, F64, FP16_FACTOR, FP16_FLOOR,
@@ -42,17 +43,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning"),
     pytest.mark.filterwarnings("ignore:divide by zero encountered in log2:RuntimeWarning"),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ATTNGEN_CACHE_DIR", str(tmp_path_factory.mktemp("attngen-cache")))
-        attngen.cache.cache_root.cache_clear()
-        _load.cache_clear()
-        yield
-        _load.cache_clear()
-    attngen.cache.cache_root.cache_clear()
 
 
 @functools.cache
@@ -112,6 +102,22 @@ def _cases():
                dims[i % len(dims)])
 
 
+def _splits(name: str) -> int:
+    """The default run's split count for an example: 1, 1, 3, 3, 1, ... (the full matrix runs
+    both)."""
+    return (1, 3)[EXAMPLE_NAMES.index(name) // 2 % 2]
+
+
+def test_cases_alternate_splits():
+    cases = list(_cases())
+    for splits in (1, 3):
+        mine = [c for c in cases if _splits(c[0]) == splits]
+        assert {c[1] for c in mine} == set(GQA), splits
+        assert {c[2] for c in mine} == set(Q_LENS), splits
+        assert {c[3] for c in mine} == set(PAGE_SIZES), splits
+        assert {c[4] for c in mine} == set(DTYPES), splits
+
+
 @pytest.mark.parametrize("name,gqa,q_len,page_size,dtype,head_dim", list(_cases()),
                          ids=lambda x: str(x))
 def test_decode_matches_reference(name, gqa, q_len, page_size, dtype, head_dim):
@@ -123,15 +129,18 @@ def test_decode_matches_reference(name, gqa, q_len, page_size, dtype, head_dim):
                          _seed(name, gqa, q_len, page_size, dtype))
     kv_len = torch.tensor(batch_lengths, dtype=torch.int32)
     params = make_params(name, len(batch_lengths), hq, q_len, capacity, g)
-    one, _ = check_decode(op, q, k, v, kv_len, params, num_splits=1)
-    split, _ = check_decode(op, q, k, v, kv_len, params, num_splits=3)
+    # one split (Out and LSE written directly) or three (partials merged by the combine
+    # kernel), alternating over the examples: each path meets every GQA ratio, q_len, page size
+    # and dtype across the cases (test_cases_alternate_splits)
     k_pages, v_pages, table = testing.paged_cache(k, v, page_size, g)
-    paged, _ = check_decode(op, q, k_pages, v_pages, kv_len, params, page_table=table,
-                            num_splits=3)
-    if runtime.interpreting():  # one config: the same tiles in the same order, bit for bit
-        assert torch.equal(paged, split), "paged and contiguous caches differ"
-    else:  # the autotuner may pick another BLOCK_N for the paged kernel
-        assert rel_err(paged, split) <= (1e-5 if q.dtype == torch.float32 else 2e-3)
+    for splits in (1, 3) if FULL_MATRIX else (_splits(name),):
+        split, _ = check_decode(op, q, k, v, kv_len, params, num_splits=splits)
+        paged, _ = check_decode(op, q, k_pages, v_pages, kv_len, params, page_table=table,
+                                num_splits=splits)
+        if runtime.interpreting():  # one config: the same tiles in the same order, bit for bit
+            assert torch.equal(paged, split), "paged and contiguous caches differ"
+        else:  # the autotuner may pick another BLOCK_N for the paged kernel
+            assert rel_err(paged, split) <= (1e-5 if q.dtype == torch.float32 else 2e-3)
 
 
 def test_default_length_and_splits_and_many_rows():
