@@ -2,8 +2,8 @@
 
     import attngen.hf
     attngen.hf.register("examples/llama.attn")                # registers "attngen_llama"
-    model = LlamaForCausalLM(config, attn_implementation="attngen_llama")   # or:
-    model.set_attn_implementation("attngen_llama")
+    model = LlamaForCausalLM(config)
+    model.set_attn_implementation("attngen_llama")   # or from_pretrained(..., attn_implementation=)
 
 The op replaces the model's attention function (``AttentionInterface``): it gets the model's
 ``query`` [B, Hq, S, D] and ``key``/``value`` [B, Hkv, S_kv, D] (grouped-query heads are not

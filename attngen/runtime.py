@@ -343,7 +343,7 @@ DEFAULT_SPACES = {
     "fwd": ((128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (128, 64, 4, 2),
             (64, 32, 4, 2)),
     "bwd": ((64, 64, 4, 2), (32, 64, 4, 2), (128, 64, 8, 3), (64, 128, 8, 2), (64, 32, 4, 3),
-            (32, 128, 8, 2)),
+            (32, 128, 8, 2), (128, 64, 8, 2), (64, 64, 8, 3)),
     # decode streams K and V: deep pipelines over 64-128 keys; its BLOCK_M (the query heads of a
     # kv head times q_len) is fixed by the call, so the m entry is unused
     "decode": ((0, 64, 4, 3), (0, 128, 4, 3), (0, 64, 4, 4), (0, 128, 8, 3), (0, 32, 4, 4),
@@ -512,8 +512,10 @@ def check_deterministic(op: str, grad_terms, specs, tensors) -> None:
                 f"{name} without requires_grad, or deterministic=False")
 
 
-def check_kernel_device(op: str, device: torch.device, interpreted: bool) -> None:
-    """CPU tensors need kernels built by the Triton interpreter, which is chosen at import."""
+def check_kernel_device(op: str, device: torch.device, interpreted: bool,
+                        dtype: torch.dtype | None = None) -> None:
+    """CPU tensors need kernels built by the Triton interpreter, which is chosen at import, and
+    a dtype the interpreter computes correctly (its bf16 arithmetic is wrong: refuse it)."""
     if device.type not in ("cuda", "cpu"):
         _fail(op, f"q, k and v must be on a CUDA device or the CPU (through the Triton "
                   f"interpreter), got {device}")
@@ -521,6 +523,17 @@ def check_kernel_device(op: str, device: torch.device, interpreted: bool) -> Non
         _fail(op, "CPU tensors run through the Triton interpreter, but this process imported "
                   "triton for the GPU; set TRITON_INTERPRET=1 before importing torch and triton, "
                   "or move q, k, v and the params to a CUDA device")
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        _fail(op, "bf16 tensors on the CPU: the Triton interpreter, which runs CPU calls, "
+                  "computes bf16 wrongly; expected torch.float32 or torch.float16 on the CPU "
+                  "(or bf16 on a CUDA device), got torch.bfloat16")
+
+
+def plain_eager(t: torch.Tensor) -> bool:
+    """Whether an op may call its implementation directly rather than through its torch.library
+    op: plain tensors, no torch.compile/export tracing, no dispatch mode (fake tensors, ...)."""
+    return type(t) is torch.Tensor and not torch.compiler.is_compiling() \
+        and torch._C._len_torch_dispatch_stack() == 0
 
 
 def registered_op(qualified: str):

@@ -24,9 +24,9 @@ import attngen  # noqa: E402
 from attngen.testing import random_params  # noqa: E402
 
 SPACES = {
-    "fwd": dict(m=(64, 128), n=(64, 128), warps=(4, 8), stages=(2, 3, 4)),
-    "bwd_dkdv": dict(m=(32, 64, 128), n=(64, 128), warps=(4, 8), stages=(1, 2)),
-    "bwd_dq": dict(m=(64, 128), n=(32, 64), warps=(4, 8), stages=(1, 2, 3)),
+    "fwd": dict(m=(64, 128), n=(32, 64, 128), warps=(4, 8), stages=(2, 3)),
+    "bwd_dkdv": dict(m=(32, 64, 128), n=(64, 128), warps=(4, 8), stages=(2, 3)),
+    "bwd_dq": dict(m=(64, 128), n=(32, 64, 128), warps=(4, 8), stages=(2, 3)),
 }
 
 

@@ -524,10 +524,10 @@ def _llama4_chunked_bwd_dkdv_tiles(
             lse = tl.load(Lse + offs_m)
             delta = tl.load(Delta + offs_m)
         lse2 = tl.where(lse == -INF, 0.0, lse * LOG2E)
-        s = tl.dot(k, tl.trans(q), input_precision=PRECISION) * scale
-        if SCORE_IS_IDENTITY:
-            s2 = s * LOG2E
+        if SCORE_IS_IDENTITY:  # log2(e) folded into the scale: one multiply per score
+            s2 = tl.dot(k, tl.trans(q), input_precision=PRECISION) * (scale * LOG2E)
         else:
+            s = tl.dot(k, tl.trans(q), input_precision=PRECISION) * scale
             s2 = (s) * LOG2E
         if PARTIAL:
             keep = m_valid[None, :] & n_valid[:, None]
@@ -785,10 +785,10 @@ def _llama4_chunked_bwd_dq_tiles(
         else:
             k = tl.load(k_base + kv_pos[None, :] * stride_kn, mask=d_valid[:, None], other=0.0)
             v = tl.load(v_base + kv_pos[None, :] * stride_vn, mask=d_valid[:, None], other=0.0)
-        s = tl.dot(q, k, input_precision=PRECISION) * scale
-        if SCORE_IS_IDENTITY:
-            s2 = s * LOG2E
+        if SCORE_IS_IDENTITY:  # log2(e) folded into the scale: one multiply per score
+            s2 = tl.dot(q, k, input_precision=PRECISION) * (scale * LOG2E)
         else:
+            s = tl.dot(q, k, input_precision=PRECISION) * scale
             s2 = (s) * LOG2E
         if PARTIAL:
             keep = m_valid[:, None] & n_valid[None, :]
@@ -1474,7 +1474,7 @@ def _prepare_decode(q, k_cache, v_cache, kv_len, page_table, params):
     shapes, kv_len, page_table, page_size = runtime.check_decode_inputs(
         NAME, q, k_cache, v_cache, kv_len, page_table, dtypes=DTYPES, head_dims=HEAD_DIMS
     )
-    runtime.check_kernel_device(NAME, q.device, _INTERPRET)
+    runtime.check_kernel_device(NAME, q.device, _INTERPRET, q.dtype)
     return (
         shapes,
         kv_len,
@@ -1511,9 +1511,11 @@ def llama4_chunked_decode(
     )
     scale = runtime.default_scale(scale, shapes.head_dim)
     splits = runtime.decode_splits(shapes, q.device, num_splits)
-    out, lse = _DECODE_OP(
-        q, k_cache, v_cache, kv_len, page_table, scale, splits, list(tensors.values())
-    )
+    args = (q, k_cache, v_cache, kv_len, page_table, scale, splits, list(tensors.values()))
+    if runtime.plain_eager(q):  # no autograd to record: skip the custom op's dispatch (host time)
+        out, lse = _decode_impl(*args)
+    else:
+        out, lse = _DECODE_OP(*args)
     return (out, lse) if return_lse else out
 
 
@@ -1665,7 +1667,7 @@ def _prepare(q, k, v, params):
     shapes = runtime.check_inputs(
         NAME, q, k, v, dtypes=DTYPES, head_dims=HEAD_DIMS, require_contiguous_last_dim=True
     )
-    runtime.check_kernel_device(NAME, q.device, _INTERPRET)
+    runtime.check_kernel_device(NAME, q.device, _INTERPRET, q.dtype)
     return shapes, runtime.check_params(NAME, PARAMS, params, shapes, q.device)
 
 

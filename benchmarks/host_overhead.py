@@ -1,0 +1,79 @@
+"""Host time per eager call (Python, checks, dispatch, launches) of a decode step and a small
+forward, on a GPU, and where it goes (cProfile, cumulative).
+
+    python benchmarks/host_overhead.py [--top 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import attngen  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def per_call_us(fn, calls: int = 300) -> float:
+    """Host microseconds per call: the GPU work is tiny, so the loop is host-bound."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return host / calls * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    op = attngen.load(EXAMPLES / "llama.attn")
+    dt = torch.bfloat16
+    q = torch.randn(8, 32, 1, 128, device="cuda", dtype=dt)
+    k, v = (torch.randn(8, 8, 512, 128, device="cuda", dtype=dt) for _ in range(2))
+    kv_len = torch.full((8,), 512, device="cuda", dtype=torch.int32)
+    qf, kf, vf = (torch.randn(1, 8, 128, 128, device="cuda", dtype=dt) for _ in range(3))
+    m = op.module
+    splits = m.runtime.decode_splits(m._decode_shapes(q, k, None), q.device, None)
+    direct = (q, k, v, kv_len, None, 128**-0.5, splits, [])
+    cases = {
+        "decode": lambda: op.decode(q, k, v),
+        "decode, the launches": lambda: m._decode_impl(*direct),
+        "decode, torch.library": lambda: m._DECODE_OP(*direct),
+        "decode kv_len": lambda: op.decode(q, k, v, kv_len=kv_len),
+        "forward 128": lambda: op(qf, kf, vf),
+        "empty kernel launch": None,
+    }
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _nothing(x):
+        pass
+
+    cases["empty kernel launch"] = lambda: _nothing[(1,)](q)
+    for name, fn in cases.items():
+        print(f"{name:22} {per_call_us(fn):8.1f} us per call", flush=True)
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(300):
+        op.decode(q, k, v)
+    profile.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(profile)
+    stats.sort_stats("cumulative").print_stats(args.top)
+    stats.sort_stats("tottime").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
