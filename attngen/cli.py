@@ -393,9 +393,9 @@ def bench(cases: str, impls: str, quick: bool, out_dir: str, name: str | None,
                                      f"{', '.join(suite.IMPLS)}", param_hint="--impls")
         _require_gpu("bench")
         info = suite.meta()
-        info["command"] = " ".join(["attngen bench", "--quick" * quick,
-                                    f"--cases {cases}" * bool(cases),
-                                    f"--impls {impls}" * (chosen != suite.IMPLS)]).strip()
+        words = ["attngen bench", "--quick" * quick, f"--cases {cases}" * bool(cases),
+                 f"--impls {impls}" * (chosen != suite.IMPLS)]
+        info["command"] = " ".join(w for w in words if w)
         with _progress() as progress:
             task = progress.add_task("benchmarks", total=len(selected))
 
