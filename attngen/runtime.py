@@ -536,6 +536,14 @@ def plain_eager(t: torch.Tensor) -> bool:
         and torch._C._len_torch_dispatch_stack() == 0
 
 
+def seed_tuning(kernel, spec_hash: str, device_index: int) -> None:
+    """Before a kernel's first launch on a device: its configs from the tuning tables (loaded
+    on a GPU's first launch only: CPU-only use never imports them)."""
+    from . import tuning
+
+    tuning.seed(kernel, spec_hash, device_index)
+
+
 def registered_op(qualified: str):
     """The torch.library op ``namespace::name`` (its default overload)."""
     namespace, name = qualified.split("::")

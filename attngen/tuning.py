@@ -41,10 +41,10 @@ def gpu_slug(name: str) -> str:
 
 
 def default_dir() -> Path:
-    """Where ``attngen tune`` writes unless told otherwise: the cache root's ``tuning/``."""
-    from .cache import cache_root
-
-    return cache_root() / "tuning"
+    """Where ``attngen tune`` writes unless told otherwise: the cache root's ``tuning/`` (the
+    root as ``attngen.cache`` names it, without importing the compiler stages it loads)."""
+    root = os.environ.get("ATTNGEN_CACHE_DIR") or Path.home() / ".cache" / "attngen"
+    return Path(root) / "tuning"
 
 
 def search_dirs() -> list[Path]:

@@ -20,7 +20,6 @@ Derivatives used by the backward kernels (derived symbolically from the spec):
 import torch
 
 from attngen import runtime  # before triton: with no GPU it selects the Triton interpreter
-from attngen import tuning
 
 import triton
 import triton.language as tl
@@ -1168,7 +1167,7 @@ def _launch(kernel, grid, args, flags, trace):
     (debugging), the trace's fixed blocks and TRACE on."""
     if trace is None:
         if not _INTERPRET:
-            tuning.seed(kernel, SPEC_HASH, args[0].device.index)
+            runtime.seed_tuning(kernel, SPEC_HASH, args[0].device.index)
         kernel[grid](*args, **flags)
     else:
         kernel.fn[grid](
