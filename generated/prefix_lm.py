@@ -1652,6 +1652,30 @@ def _register():
 
 
 _FWD_OP, _BWD_OP = _register()
+
+
+class _EagerAttention(torch.autograd.Function):
+    """Eager calls: the op's forward and backward (same implementations as the torch.library
+    ops, which torch.compile and export trace) through a plain autograd.Function."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, *params):
+        out, lse = _attention_fwd(q, k, v, scale, list(params))
+        ctx.save_for_backward(q, k, v, out, lse, *params)
+        ctx.scale = scale
+        return out, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, *params = ctx.saved_tensors
+        grad_out = grad_out if grad_out is not None else torch.zeros_like(out)
+        grad_lse = grad_lse.float().contiguous() if grad_lse is not None else None
+        dq, dk, dv, grads = _attention_bwd(q, k, v, out, lse, grad_out, grad_lse, ctx.scale, params)
+        by_name = dict(zip(_GRAD_PARAMS, grads))
+        return (dq, dk, dv, None, *(by_name.get(name) for name in _PARAM_NAMES))
+
+
 _DECODE_OP = runtime.registered_op(_OP + "_decode")
 
 
@@ -1673,7 +1697,10 @@ def prefix_lm(q, k, v, *, scale=None, return_lse=False, deterministic=False, **p
     if deterministic:
         runtime.check_deterministic(NAME, GRAD_TERMS, PARAMS, tensors)
     scale = runtime.default_scale(scale, shapes.head_dim)
-    out, lse = _FWD_OP(q, k, v, scale, list(tensors.values()))
+    if runtime.plain_eager(q):  # the same kernels without the custom op's dispatch (host time)
+        out, lse = _EagerAttention.apply(q, k, v, scale, *tensors.values())
+    else:
+        out, lse = _FWD_OP(q, k, v, scale, list(tensors.values()))
     return (out, lse) if return_lse else out
 
 
