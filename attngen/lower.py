@@ -94,6 +94,25 @@ def _is_atom(text: str) -> bool:
     return True
 
 
+# Integer ranges: kernels compute in int32 unless a result can leave it (then int64). Lengths are
+# at most POSITION_LIMIT (runtime.check_inputs refuses longer), so kv < LIMIT and q = i + kv_len -
+# q_len lies in (-LIMIT, LIMIT): sums and differences of a few positions stay in int32.
+POSITION_LIMIT = 2**29  # = runtime.POSITION_LIMIT (the runtime imports no compiler stage)
+INT32 = (-(2**31), 2**31 - 1)
+_NAME_RANGES = {"q": (1 - POSITION_LIMIT, POSITION_LIMIT - 1), "kv": (0, POSITION_LIMIT - 1),
+                "q_len": (0, POSITION_LIMIT), "kv_len": (0, POSITION_LIMIT),
+                "b": (0, INT32[1]), "h": (0, INT32[1]), "hkv": (0, INT32[1])}
+_DTYPE_RANGES = {"i32": INT32, "i64": (-(2**63), 2**63 - 1), "bool": (0, 1)}
+
+
+def _fits_int32(r: tuple[int, int]) -> bool:
+    return INT32[0] <= r[0] and r[1] <= INT32[1]
+
+
+def _hull(*ranges: tuple[int, int]) -> tuple[int, int]:
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
 def _p(text: str) -> str:
     return text if _is_atom(text) else f"({text})"
 
@@ -102,6 +121,73 @@ class Lowerer:
     def __init__(self, attention: ir.Attention, names: dict[str, str] = NAMES):
         self.attention = attention
         self.names = names
+
+    def int_range(self, e: ir.Expr) -> tuple[int, int]:
+        """Bounds of an integer expression's value over every valid call (unbounded math)."""
+        if isinstance(e, ir.IntLit):
+            return e.value, e.value
+        if isinstance(e, ir.BoolLit) or e.ty == BOOL:
+            return 0, 1
+        if isinstance(e, ir.Name):
+            if e.id in _NAME_RANGES:
+                return _NAME_RANGES[e.id]
+            return _DTYPE_RANGES.get(self.attention.param(e.id).dtype, INT32)
+        if isinstance(e, ir.Index):
+            return _DTYPE_RANGES.get(self.attention.param(e.param).dtype, INT32)
+        if isinstance(e, ir.Unary):
+            lo, hi = self.int_range(e.operand)
+            return (-hi, -lo) if e.op == "-" else (0, 1)
+        if isinstance(e, ir.Binary) and e.ty == INT:
+            a, b = self.int_range(e.left), self.int_range(e.right)
+            if e.op == "+":
+                return a[0] + b[0], a[1] + b[1]
+            if e.op == "-":
+                return a[0] - b[1], a[1] - b[0]
+            if e.op == "*":
+                corners = [x * y for x in a for y in b]
+                return min(corners), max(corners)
+            if e.op == "**":
+                return self._power_ranges(a, int(e.right.value))[-1]
+            if e.op == "//":
+                if b[0] > 0 or b[1] < 0:
+                    corners = [x // y for x in a for y in b]
+                    return min(corners), max(corners)
+                big = max(abs(a[0]), abs(a[1]))
+                return -big, big
+            if e.op == "%":
+                big = max(abs(b[0]), abs(b[1]))
+                return -big, big
+        if isinstance(e, ir.Call) and e.ty == INT:
+            if e.func in ("floor", "ceil"):
+                return self.int_range(e.args[0]) if e.args[0].ty == INT else INT32
+            if e.func == "abs":
+                lo, hi = self.int_range(e.args[0])
+                return (0 if lo <= 0 <= hi else min(abs(lo), abs(hi))), max(abs(lo), abs(hi))
+            args = e.args[1:] if e.func == "where" else e.args
+            return _hull(*(self.int_range(a) for a in args))
+        return INT32
+
+    @staticmethod
+    def _power_ranges(base: tuple[int, int], n: int) -> list[tuple[int, int]]:
+        """Ranges of base, base*base, ... base**n (the products the kernel computes in turn)."""
+        out = [(1, 1)]
+        for _ in range(n):
+            corners = [x * y for x in out[-1] for y in base]
+            out.append((min(corners), max(corners)))
+        return out
+
+    def wide(self, e: ir.Expr) -> bool:
+        """Whether the kernel holds this integer in int64: its range leaves int32, or it is
+        read from an i64 param."""
+        return e.ty == INT and not _fits_int32(self.int_range(e))
+
+    def widened(self, e: ir.Expr) -> str:
+        """``e`` in int64 (a Python-int literal is left as it is: Triton widens it)."""
+        text = self(e)
+        if isinstance(e, ir.IntLit) or not any(isinstance(n, ir.Name | ir.Index)
+                                               for n in ir.walk(e)):
+            return text
+        return f"{_p(text)}.to(tl.int64)"
 
     def cast(self, e: ir.Expr, ty: str) -> str:
         text = self(e)
@@ -152,8 +238,17 @@ class Lowerer:
             # integer powers (the checker makes `int ** literal >= 0` an int): multiplications
             base = _p(self.cast(e.left, e.ty))
             n = int(e.right.value)
+            if e.ty == INT and not all(map(_fits_int32, self._power_ranges(
+                    self.int_range(e.left), n))) and not self.wide(e.left):
+                base = _p(self.widened(e.left))
             return " * ".join([base] * n) if n else ("1" if e.ty == INT else "1.0")
         a, b = self.cast(e.left, e.ty), self.cast(e.right, e.ty)
+        if e.ty == INT and self.wide(e) and not (self.wide(e.left) or self.wide(e.right)):
+            # int32 operands whose result can leave int32: compute in int64
+            if any(isinstance(n, ir.Name | ir.Index) for n in ir.walk(e.left)):
+                a = self.widened(e.left)
+            else:
+                b = self.widened(e.right)
         if e.op == "**":
             return f"_pow({a}, {b})"
         if e.op == "//":

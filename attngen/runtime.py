@@ -23,6 +23,9 @@ SPEC_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 # An i32 scalar param given as a Python int is at most this large: the kernels add it to int32
 # positions (a window size, a prefix length), as the checker bounds window() literals.
 INT32_SCALAR_LIMIT = 2**30
+# Longest q_len / kv_len / cache capacity: the kernels' int32 position arithmetic is widened to
+# int64 exactly where positions below this can leave int32 (attngen.lower's range analysis).
+POSITION_LIMIT = 2**29
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,15 @@ def check_inputs(op: str, q: Any, k: Any, v: Any, *, dtypes: Sequence[str] | Non
         _fail(op, f"q's {Hq} heads must be a multiple of k's {Hkv} heads (grouped-query "
                   f"attention shares each kv head among Hq/Hkv query heads)")
     _check_head_dim(op, D, head_dims)
+    _check_lengths(op, M, N, "kv_len")
     return Shapes(B, Hq, Hkv, M, N, D)
+
+
+def _check_lengths(op: str, q_len: int, kv_len: int, what: str) -> None:
+    for name, n in (("q_len", q_len), (what, kv_len)):
+        if n > POSITION_LIMIT:
+            _fail(op, f"{name} is {n}; at most {POSITION_LIMIT} (2**29) positions are supported "
+                      f"(the kernels compute positions in int32)")
 
 
 def _check_index_tensor(op: str, arg: str, t: Any, layout: str, shape: tuple,
@@ -189,6 +200,7 @@ def check_decode_inputs(op: str, q: Any, k_cache: Any, v_cache: Any, kv_len: Any
             _fail(op, f"k_cache has batch {P} but q has batch {B}; a contiguous cache is {cache} "
                       f"(pass page_table= for a paged cache)")
         capacity, page_size = L, 0
+    _check_lengths(op, q.shape[2], capacity, "the cache capacity")
     if kv_len is None:
         kv_len = torch.full((B,), capacity, dtype=torch.int32, device=q.device)
     else:

@@ -77,19 +77,47 @@ def test_literal_int_arithmetic_in_a_float_context(score):
     _check(f"attention lit_int {{ score {score} }}", 19, 11)
 
 
-# [Bug] int32 overflow: positions and integer arithmetic are int32 in the kernels and int64 in
-# the reference, so products that pass 2**31 wrap in the kernels only: `q * 1000000000` keeps
-# other keys than the reference's. The checker bounds window() sizes (2**30) and literals (32
-# bits) but not products with positions.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="int32 position arithmetic overflows in the kernels only")
+# [Fixed] int32 overflow: positions and integer arithmetic were int32 in the kernels and int64
+# in the reference, so products past 2**31 wrapped in the kernels only (`q * 1000000000` kept
+# other keys than the reference's). Lowering now bounds every integer expression (lengths at most
+# 2**29) and computes in int64 where a result can leave int32; i32 params count as unbounded.
 @pytest.mark.parametrize("text", [
     "attention wrap_mask { mask (q * 1000000000) % 7 < 3 }",
     "attention wrap_score { score score + 0.1 * (kv * 1000000000 - q * 1000000000) / "
     "1000000000.0 }",
+    "attention wrap_power { mask (q ** 3 * 1000000) % 5 != 1 | q == kv }",
+    "attention wrap_param { param w: i32\n mask (kv * w) % 3 != 1 | q == kv }",
 ])
 def test_int32_overflow_of_position_products(text):
-    _check(text, 20, 20, heads=(1, 1))
+    params = {"w": torch.tensor(1_500_000_000, dtype=torch.int32)} if "param w" in text else None
+    _check(text, 20, 20, params, heads=(1, 1))
+
+
+def test_lengths_beyond_the_position_limit_are_refused():
+    """The range analysis assumes lengths <= 2**29: a longer (paged) cache is refused."""
+    op = _load("attention lim { mask causal }")
+    q = torch.randn(1, 1, 1, 16)
+    k_pages = torch.randn(1, 1, 1024, 16)
+    table = torch.zeros(1, 2**19 + 1, dtype=torch.int32)  # capacity 2**29 + 1024
+    with pytest.raises(ValueError, match=r"the cache capacity is 536871936; at most 536870912"):
+        op.decode(q, k_pages, k_pages, page_table=table)
+
+
+def test_overflow_analysis_leaves_plain_position_arithmetic_in_int32():
+    """Window, bucket and distance arithmetic of the examples needs no int64 (speed): only
+    results that can leave int32 are widened."""
+    from attngen import runtime
+    from attngen.api import parse_and_check
+    from attngen.lower import POSITION_LIMIT, lower
+
+    assert POSITION_LIMIT == runtime.POSITION_LIMIT
+    for text in ("attention a { score score + 0.5 * (kv - q)\n mask q - kv < 4096 & q >= kv }",
+                 "attention b { param t: f32[H, 257]\n score score + t[h, clamp(kv - q + 128, 0, "
+                 "256)] }", "attention c { mask q // 128 == kv // 128 }"):
+        lowered = lower(parse_and_check(text)[0])
+        assert "int64" not in f"{lowered.score} {lowered.mask}", text
+    wide = lower(parse_and_check("attention d { mask (q * 1000000000) % 7 < 3 }")[0])
+    assert "q_pos[:, None].to(tl.int64) * 1000000000" in wide.mask
 
 
 # [Bug] A hand-written bound at the int32 limit, `kv <= q + 2147483647`, makes the mask analysis
