@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from . import ir
 from .ir import INT
-from .lower import Lowerer
+from .lower import INT32, POSITION_LIMIT, Lowerer
 
 BIG = "BIG"  # a module constant of the generated code (2**30): an unbounded end
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
@@ -336,10 +336,27 @@ class _Analysis:
             parts.append(text if sign == 1 else f"-{text}" if sign == -1 else f"{sign} * {text}")
         if form.const or not parts:
             parts.append(str(form.const))
+        if not self._fits_int32(form, outer):
+            # a huge literal or an i32 param can take the bound out of int32: sum in int64, then
+            # clamp to +-BIG (beyond every position: the same bound) and return to int32
+            parts.insert(0, "tl.full([], 0, tl.int64)")
         text = parts[0]
         for part in parts[1:]:
             text += f" - {part[1:]}" if part.startswith("-") else f" + {part}"
+        if not self._fits_int32(form, outer):
+            text = f"tl.minimum(tl.maximum({text}, -{BIG}), {BIG}).to(tl.int32)"
         return text
+
+    def _fits_int32(self, form: _Linear, outer: str | None) -> bool:
+        """Whether ``outer + terms + const`` stays in int32 (outer: a position, |.| < 2**29)."""
+        lo = hi = form.const
+        if outer:
+            lo, hi = lo - POSITION_LIMIT, hi + POSITION_LIMIT
+        for sign, term in form.terms:
+            t_lo, t_hi = self.lower.int_range(term)
+            t_lo, t_hi = sorted((sign * t_lo, sign * t_hi))
+            lo, hi = lo + t_lo, hi + t_hi
+        return INT32[0] <= lo and hi <= INT32[1]
 
     # ---- statements ----------------------------------------------------------------------
     def statements(self, mask: ir.Expr) -> str:

@@ -120,13 +120,14 @@ def test_overflow_analysis_leaves_plain_position_arithmetic_in_int32():
     assert "q_pos[:, None].to(tl.int64) * 1000000000" in wide.mask
 
 
-# [Bug] A hand-written bound at the int32 limit, `kv <= q + 2147483647`, makes the mask analysis
-# emit `hi = tl.minimum(hi, last_q + 2147483648)` (c + 1 for `<=`), a constant outside int32:
-# the interpreter refuses it ("Scalar 2147483648 is out of range for type int32"). window()
-# sizes are capped at 2**30 for this reason; plain comparisons are not. Where:
-# attngen/sparsity.py (or a cap in the checker like window()'s).
-@pytest.mark.xfail(runtime.interpreting(), strict=True,
-                   reason="kv <= q + 2**31 - 1: the mask analysis's c + 1 leaves int32")
-@pytest.mark.parametrize("mask", ["kv <= q + 2147483647"])
+# [Fixed] A hand-written bound at the int32 limit, `kv <= q + 2147483647`, made the mask analysis
+# emit `hi = tl.minimum(hi, last_q + 2147483648)` (c + 1 for `<=`), a constant outside int32 (the
+# interpreter refused it). sparsity.py now sums any bound that can leave int32 in int64 and clamps
+# it to +-BIG (beyond every position, lengths being <= 2**29); that includes bounds with i32
+# params (`kv <= q + w`, w near 2**31), whose range is all of int32.
+@pytest.mark.parametrize("mask", ["kv <= q + 2147483647", "kv >= q - 2147483647 & q >= kv",
+                                  "kv <= q + w", "kv > q - w & kv <= q"])
 def test_linear_bound_at_the_int32_limit(mask):
-    _check(f"attention bound {{ mask {mask} }}", 20, 20, heads=(1, 1))
+    params = {"w": torch.tensor(2_000_000_000, dtype=torch.int32)} if "w" in mask else None
+    param = "param w: i32\n " if "w" in mask else ""
+    _check(f"attention bound {{ {param}mask {mask} }}", 20, 20, params, heads=(1, 1))
