@@ -20,9 +20,6 @@ import torch
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
                 "i32": torch.int32, "i64": torch.int64, "bool": torch.bool}
 SPEC_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# An i32 scalar param given as a Python int is at most this large: the kernels add it to int32
-# positions (a window size, a prefix length), as the checker bounds window() literals.
-INT32_SCALAR_LIMIT = 2**30
 # Longest q_len / kv_len / cache capacity: the kernels' int32 position arithmetic is widened to
 # int64 exactly where positions below this can leave int32 (attngen.lower's range analysis).
 POSITION_LIMIT = 2**29
@@ -269,12 +266,7 @@ def _scalar_param(op: str, p: ParamSpec, value: Any, device: torch.device) -> to
         kind = {"bool": "a bool", "i32": "an int", "i64": "an int"}.get(p.dtype, "a float")
         _fail(op, f"param {p.name} must be a {p.dtype} scalar ({kind} or a 0-d tensor), got "
                   f"{type(value).__name__} {value!r}")
-    if p.dtype == "i32":  # added to int32 positions in the kernels: q + value must not wrap
-        if not -INT32_SCALAR_LIMIT <= value <= INT32_SCALAR_LIMIT:
-            _fail(op, f"param {p.name} must be a i32 scalar in {-INT32_SCALAR_LIMIT}.."
-                      f"{INT32_SCALAR_LIMIT} (positions are int32 in the kernels, and a position "
-                      f"plus {p.name} must not wrap around), got {value}")
-    elif p.dtype == "i64":
+    if p.dtype in ("i32", "i64"):  # any value of the dtype: the kernels widen where sums can wrap
         info = torch.iinfo(want_dtype)
         if not info.min <= value <= info.max:
             _fail(op, f"param {p.name} must be a {p.dtype} scalar in {info.min}..{info.max}, got "

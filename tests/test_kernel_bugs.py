@@ -131,3 +131,11 @@ def test_linear_bound_at_the_int32_limit(mask):
     params = {"w": torch.tensor(2_000_000_000, dtype=torch.int32)} if "w" in mask else None
     param = "param w: i32\n " if "w" in mask else ""
     _check(f"attention bound {{ {param}mask {mask} }}", 20, 20, params, heads=(1, 1))
+
+
+@pytest.mark.parametrize("shift", [2**31 - 1, -(2**31), 2**30 + 7])
+def test_i32_scalars_over_their_whole_range(shift):
+    """i32 scalars given as Python ints take any int32 value: sums with positions are widened
+    where they could wrap (a shift near 2**31 keeps every key, near -2**31 none)."""
+    _check("attention shifted { param shift: i32\n mask kv <= q + shift & kv - shift >= q - "
+           "shift - 5 }", 20, 20, {"shift": shift}, heads=(1, 1))
