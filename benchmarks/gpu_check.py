@@ -42,7 +42,7 @@ SHAPES = [(1, 1), (3, 3), (17, 17), (113, 113), (239, 239), (1, 239), (17, 113),
           (239, 1), (1023, 1024)]
 GQA = [(4, 4), (8, 2), (8, 1)]
 DEVICE = os.environ.get("ATTNGEN_CHECK_DEVICE", "cuda")  # "cpu" smoke-tests this script
-HEAD_DIMS = [16, 64, 80, 128]
+HEAD_DIMS = [16, 32, 64, 80, 96, 128, 192]  # the reliability issue's matrix (256: gemma2_local)
 
 
 def load_all():

@@ -1632,13 +1632,19 @@ def _setup_context(ctx, inputs, output):
     ctx.scale = scale
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _gradients(bwd, ctx, grad_out, grad_lse):
+    """dq, dk, dv and one gradient (or None) per param, from `bwd` (the op or its implementation)."""
     q, k, v, out, lse, *params = ctx.saved_tensors
     grad_out = grad_out if grad_out is not None else torch.zeros_like(out)
     grad_lse = grad_lse.float().contiguous() if grad_lse is not None else None
-    dq, dk, dv, grads = _BWD_OP(q, k, v, out, lse, grad_out, grad_lse, ctx.scale, params)
+    dq, dk, dv, grads = bwd(q, k, v, out, lse, grad_out, grad_lse, ctx.scale, params)
     by_name = dict(zip(_GRAD_PARAMS, grads))
-    return dq, dk, dv, None, [by_name.get(name) for name in _PARAM_NAMES]
+    return dq, dk, dv, [by_name.get(name) for name in _PARAM_NAMES]
+
+
+def _backward(ctx, grad_out, grad_lse):
+    dq, dk, dv, grads = _gradients(_BWD_OP, ctx, grad_out, grad_lse)
+    return dq, dk, dv, None, grads
 
 
 def _register():
@@ -1661,20 +1667,15 @@ class _EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, scale, *params):
-        out, lse = _attention_fwd(q, k, v, scale, list(params))
-        ctx.save_for_backward(q, k, v, out, lse, *params)
-        ctx.scale = scale
-        return out, lse
+        output = _attention_fwd(q, k, v, scale, list(params))
+        _setup_context(ctx, (q, k, v, scale, params), output)
+        return output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse, *params = ctx.saved_tensors
-        grad_out = grad_out if grad_out is not None else torch.zeros_like(out)
-        grad_lse = grad_lse.float().contiguous() if grad_lse is not None else None
-        dq, dk, dv, grads = _attention_bwd(q, k, v, out, lse, grad_out, grad_lse, ctx.scale, params)
-        by_name = dict(zip(_GRAD_PARAMS, grads))
-        return (dq, dk, dv, None, *(by_name.get(name) for name in _PARAM_NAMES))
+        dq, dk, dv, grads = _gradients(_attention_bwd, ctx, grad_out, grad_lse)
+        return dq, dk, dv, None, *grads
 
 
 _DECODE_OP = runtime.registered_op(_OP + "_decode")
