@@ -37,7 +37,6 @@ SPECS = {
     "alibi": "attention alibi { param slopes: f32[H] grad\n score score + slopes[h] * (kv - q)\n"
              " mask causal }",
 }
-FULL_PEERS = ("sdpa_flash", "sdpa_cudnn")  # fixed-function peers: full and causal only
 IMPLS = ("attngen", "sdpa_flash", "sdpa_cudnn", "flex")
 
 
@@ -159,7 +158,7 @@ def _copy_gbps() -> float:
     return round(2 * x.numel() * 2 / (ms * 1e-3) / 1e9, 1)
 
 
-def _flex_mods(case: Case, N: int, params: dict):
+def _flex_mods(case: Case, params: dict):
     """(score_mod, mask_mod) of FlexAttention for a training case: the same function."""
     import torch
 
@@ -214,7 +213,7 @@ def _run_train(case: Case, impls, rows: list, checks: list, step) -> None:
                 with sdpa_kernel([backend]):
                     return F.scaled_dot_product_attention(q, k, v, is_causal=case.name == "causal")
             fns[name] = sdpa
-    score_mod, mask_mod = _flex_mods(case, N, params)
+    score_mod, mask_mod = _flex_mods(case, params)
     block_mask = None if mask_mod is None else create_block_mask(mask_mod, 1, 1, N, N, "cuda")
     flex = torch.compile(flex_attention, dynamic=False)
     fns["flex"] = lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
@@ -288,11 +287,6 @@ def _run_decode(case: Case, impls, rows: list, step) -> None:
 
 
 # ---- reporting --------------------------------------------------------------------------------
-
-# The performance issue's targets (benchmarks, never tests): attngen / peer, per direction
-TARGETS = {"flex_fwd": 1.15, "flex_bwd": 1.1, "cudnn_fwd": 0.85, "softcap_flex_fwd": 2.0,
-           "decode_copy": 0.8}
-
 
 def markdown(rows: list[dict], checks: list[dict], info: dict) -> str:
     """The tables: training TFLOP/s with ratios to FlexAttention and cuDNN, decode GB/s."""
