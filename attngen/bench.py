@@ -127,25 +127,27 @@ def _graphed(fn: Callable) -> float:
 
 
 def run(cases: tuple[Case, ...], impls: tuple[str, ...] = IMPLS,
-        step: Callable[[str], None] = lambda _: None) -> tuple[list[dict], list[dict]]:
+        step: Callable[[str], None] = lambda _: None,
+        done: Callable[[Case], None] = lambda _: None) -> tuple[list[dict], list[dict]]:
     """(rows, checks): timing rows, and agreement checks of attngen against the peers' outputs.
-    A peer that fails records an ``error`` row instead of stopping the run."""
+    A peer that fails records an ``error`` row instead of stopping the run. With decode cases,
+    the device's copy bandwidth is measured once, first (one ``copy`` row). ``step`` hears what
+    is being timed, ``done`` each case finished (a progress bar)."""
     import torch
 
     torch._dynamo.config.recompile_limit = 1000
     torch._dynamo.config.cache_size_limit = 1000
     rows, checks = [], []
-    copy_gbps = None
+    if any(case.decode for case in cases):
+        step("device copy bandwidth")
+        rows.append(dict(case="copy", impl="torch", mode="copy", gbps=_copy_gbps()))
     for case in cases:
         torch._dynamo.reset()
         if case.decode:
-            if copy_gbps is None:
-                step("device copy bandwidth")
-                copy_gbps = _copy_gbps()
-                rows.append(dict(case="copy", impl="torch", mode="copy", gbps=copy_gbps))
             _run_decode(case, impls, rows, step)
         else:
             _run_train(case, impls, rows, checks, step)
+        done(case)
     return rows, checks
 
 
@@ -307,17 +309,17 @@ def markdown(rows: list[dict], checks: list[dict], info: dict) -> str:
                          f" | {vs_flex} | {_ratio(ours, cudnn, 'fwd_tflops')} |")
         lines.append("")
     decode = [r for r in rows if r.get("mode") in ("eager", "graph")]
-    copy = next((r["gbps"] for r in rows if r.get("case") == "copy"), None)
+    copy = next((r.get("gbps") for r in rows if r.get("case") == "copy"), None)
     if decode:
-        lines += [f"Decode: GB/s of K and V read (B=8, Hq=32, Hkv=8, one query); device copy "
-                  f"{copy} GB/s.", "", "| case | L | impl | eager GB/s | graph GB/s | "
-                  "graph / copy |", "|---" * 6 + "|"]
+        copy_text = "" if copy is None else f"; device copy {copy} GB/s"
+        lines += [f"Decode: GB/s of K and V read (B=8, Hq=32, Hkv=8, one query){copy_text}.", "",
+                  "| case | L | impl | eager GB/s | graph GB/s | graph / copy |", "|---" * 6 + "|"]
         by_impl: dict[tuple, dict] = {}
         for r in decode:
             by_impl.setdefault((r["case"], r["L"], r["impl"]), {})[r["mode"]] = r
         for (case, L, impl), modes in by_impl.items():
             eager, graph = (modes.get(m, {}).get("gbps", "–") for m in ("eager", "graph"))
-            share = f"{graph / copy:.0%}" if copy and isinstance(graph, float) else "–"
+            share = f"{graph / copy:.0%}" if copy and isinstance(graph, (int, float)) else "–"
             lines.append(f"| {case} | {L} | {impl} | {eager} | {graph} | {share} |")
         lines.append("")
     errors = [r for r in rows if "error" in r]

@@ -402,12 +402,8 @@ def bench(cases: str, impls: str, quick: bool, out_dir: str, name: str | None,
             def step(text: str) -> None:
                 progress.update(task, description=text)
 
-            rows, checks = [], []
-            for case in selected:
-                case_rows, case_checks = suite.run((case,), chosen, step)
-                rows += case_rows
-                checks += case_checks
-                progress.advance(task)
+            rows, checks = suite.run(selected, chosen, step,
+                                     done=lambda _: progress.advance(task))
         from .tuning import gpu_slug
 
         stem = name or f"{info['date']}-{gpu_slug(info['gpu'])}-bench"

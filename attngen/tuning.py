@@ -67,9 +67,12 @@ def read_table(path: Path) -> list[dict]:
         if document.get("format") != FORMAT or not isinstance(entries, list):
             raise ValueError(f"expected format {FORMAT} with a list of entries")
         for e in entries:
-            if not (isinstance(e.get("kernel"), str) and isinstance(e.get("key"), list)
+            if not (isinstance(e.get("kernel"), str) and _is_key(e.get("key"))
+                    and isinstance(e.get("spec_hash"), _SPEC_HASH)
                     and isinstance(e.get("config", {}).get("kwargs"), dict)):
-                raise ValueError(f"malformed entry {str(e)[:120]}")
+                raise ValueError(f"malformed entry {str(e)[:120]}: expected a kernel name, a key "
+                                 "of numbers, strings and lists of them, a spec_hash string "
+                                 "and config.kwargs")
         return entries
     except FileNotFoundError:
         return []
@@ -90,6 +93,18 @@ def _entries_for_gpu(gpu_name: str) -> dict[tuple, dict]:
 
 def _entry_id(entry: dict) -> tuple:
     return entry["kernel"], entry.get("spec_hash"), _hashable(entry["key"])
+
+
+_SCALARS = (str, int, float, bool, type(None))
+_SPEC_HASH = (str, type(None))  # an entry without one matches no spec, but reads fine
+
+
+def _is_key(key: Any) -> bool:
+    """Whether ``key`` is an autotuning key as JSON: a list of scalars and of lists of scalars
+    (Triton's tuples), the shapes ``_hashable`` turns into a dict key."""
+    return isinstance(key, list) and all(
+        isinstance(k, _SCALARS) or (isinstance(k, list) and all(isinstance(x, _SCALARS) for x in k))
+        for k in key)
 
 
 def _hashable(key: Iterable) -> tuple:
