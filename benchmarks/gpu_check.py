@@ -7,6 +7,11 @@ SDPA (flash, cuDNN) and compiled FlexAttention, all in one process.
     python benchmarks/gpu_check.py decode           # decode GB/s beside SDPA and FlexAttention
     python benchmarks/gpu_check.py all
 
+    # the matrix at chosen head dims, one subprocess per (spec, head dim), 12 at a time
+    python benchmarks/gpu_check.py correctness --head-dims 32,96,192 --gqa 4:4,8:4,8:2,8:1 --jobs 12
+    # decode out/LSE against float64 at chosen head dims (no timing)
+    python benchmarks/gpu_check.py decode --numerics-only --head-dims 32,96,192
+
 Writes JSON under $OUT (or --out) and prints a short table last. FLOPs follow FlashAttention:
 fwd = 4·B·H·M·N·D times the kept fraction of the score matrix (1/2 when causal).
 """
@@ -90,34 +95,129 @@ def check_case(op, dtype, B, Hq, Hkv, M, N, D, gen, backward=True):
 QUICK_SHAPES = [(1, 1), (17, 17), (239, 239), (1, 239), (113, 203), (239, 1), (1023, 1024)]
 
 
-def correctness(out_dir: Path, only: set[str] | None, quick: bool = False) -> list[dict]:
+def spec_dims(op, quick: bool = False, head_dims: list[int] | None = None) -> list[int]:
+    """The head dims to check a spec at: --head-dims where the spec takes them (a spec with a
+    fixed head_dim outside them is skipped: []), else the spec's own, else the matrix's."""
+    if head_dims:
+        return [d for d in head_dims if not op.spec.head_dims or d in op.spec.head_dims]
+    return list(op.spec.head_dims or ([64, 128] if quick else HEAD_DIMS))
+
+
+def correctness(out_dir: Path, only: set[str] | None, quick: bool = False,
+                head_dims: list[int] | None = None, gqa=None, name: str | None = None) -> list[dict]:
     os.environ["ATTNGEN_AUTOTUNE"] = "0"  # one config per shape bucket keeps compiles bounded
     rows, gen = [], torch.Generator().manual_seed(0)
-    t0 = time.time()
+    t0 = saved = time.time()
+    path = out_dir / (name or f"correctness{'-' + '-'.join(sorted(only)) if only else ''}.json")
     for op in load_all():
         if only and op.name not in only:
             continue
-        dims = op.spec.head_dims or ([64, 128] if quick else HEAD_DIMS)
+        dims = spec_dims(op, quick, head_dims)
         for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
             if dtype_name not in op.spec.dtypes:
                 continue
             for (M, N) in QUICK_SHAPES if quick else SHAPES:
-                for (Hq, Hkv) in GQA:
+                for (Hq, Hkv) in gqa or GQA:
                     for D in dims:
                         if dtype == torch.float16 and ((Hq, Hkv) != (8, 2) or D not in (64, 256)):
                             continue  # fp16: a slice; bf16 gets the whole matrix
-                        ok, errs = check_case(op, dtype, 2, Hq, Hkv, M, N, D, gen)
-                        rows.append(dict(spec=op.name, dtype=dtype_name, M=M, N=N, Hq=Hq,
-                                         Hkv=Hkv, D=D, ok=ok,
-                                         **{f"{k}_err": e[0] for k, e in errs.items()},
-                                         **{f"{k}_ref_err": e[1] for k, e in errs.items()}))
-                        if not ok:
+                        case = dict(spec=op.name, dtype=dtype_name, M=M, N=N, Hq=Hq, Hkv=Hkv, D=D)
+                        try:
+                            ok, errs = check_case(op, dtype, 2, Hq, Hkv, M, N, D, gen)
+                            rows.append(dict(**case, ok=ok,
+                                             **{f"{k}_err": e[0] for k, e in errs.items()},
+                                             **{f"{k}_ref_err": e[1] for k, e in errs.items()}))
+                        except Exception as err:  # recorded as a failure; the matrix goes on
+                            rows.append(dict(**case, ok=False, error=repr(err)[:500]))
+                        if not rows[-1]["ok"]:
                             print("FAIL", rows[-1], flush=True)
+                        if time.time() - saved > 10:  # partial results survive a kill
+                            path.write_text(json.dumps(rows, indent=1))
+                            saved = time.time()
         print(f"{op.name}: {sum(r['ok'] for r in rows if r['spec'] == op.name)}/"
               f"{sum(r['spec'] == op.name for r in rows)} ok ({time.time() - t0:.0f}s)", flush=True)
-    (out_dir / f"correctness{'-' + '-'.join(sorted(only)) if only else ''}.json").write_text(
-        json.dumps(rows, indent=1))
+    path.write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def run_shards(shards: list[tuple[str, list[str]]], jobs: int, deadline: float | None) -> tuple[list, list]:
+    """Runs ``gpu_check.py <argv> --out <tmp>`` for each (label, argv), ``jobs`` at a time (the
+    Triton compiles are CPU-bound; the GPU has room for many processes). Returns the rows of the
+    JSON files they wrote (a list, or a dict's "rows") and one status line per shard; a shard
+    still running ``deadline`` seconds after the start is killed and its partial rows kept."""
+    import subprocess
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+
+    def one(i_shard):
+        i, (label, argv) = i_shard
+        out = tmp / f"shard{i}"
+        out.mkdir()
+        left = None if deadline is None else deadline - (time.time() - start)
+        if left is not None and left <= 1:
+            return [], f"{label}: not started (deadline)", ""
+        log = out / "log.txt"
+        t = time.time()
+        with open(log, "w") as f:
+            proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv,
+                                     "--out", str(out)], stdout=f, stderr=subprocess.STDOUT)
+            try:
+                rc = proc.wait(timeout=left)
+                status = f"exit {rc}"
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                status = "KILLED at the deadline (partial)"
+        rows = []
+        for p in sorted(out.glob("*.json")):
+            data = json.loads(p.read_text())
+            rows += data["rows"] if isinstance(data, dict) else data
+        text = log.read_text()
+        print("\n".join(f"[{label}] {line}" for line in text.splitlines()), flush=True)
+        return rows, f"{label}: {status}, {len(rows)} rows, {time.time() - t:.0f}s", text
+
+    rows, statuses = [], []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for r, status, _ in pool.map(one, enumerate(shards)):
+            rows += r
+            statuses.append(status)
+    print(f"shards done in {time.time() - start:.0f}s", flush=True)
+    return rows, statuses
+
+
+def correctness_summary(rows: list[dict]) -> list[str]:
+    bad = [r for r in rows if not r["ok"]]
+    lines = [f"correctness: {len(rows) - len(bad)}/{len(rows)} cases pass "
+             f"(kernel mean error <= 1.1 x bf16/fp16 eager error + 1e-5 for out, lse, "
+             f"dq, dk, dv; param grads reported beside)"]
+    errors = [r for r in rows if "error" in r]
+    if errors:
+        lines.append(f"cases that raised: {len(errors)} (first: {errors[0]})")
+    by = {}
+    for r in rows:
+        key = (r["spec"], r["dtype"], r["D"])
+        by.setdefault(key, [0, 0])
+        by[key][0] += r["ok"]
+        by[key][1] += 1
+    lines.append("| spec | dtype | D | pass |")
+    lines.append("|---|---|---|---|")
+    lines += [f"| {s} | {dt} | {d} | {ok}/{n} |" for (s, dt, d), (ok, n) in sorted(by.items())]
+    fields = sorted({k[:-4] for r in rows for k in r if k.endswith("_err")
+                     and not k.endswith("_ref_err")})
+    for field in fields:
+        have = [r for r in rows if f"{field}_err" in r]
+        if not have:
+            continue
+        ratio = lambda r: r[f"{field}_err"] / max(r[f"{field}_ref_err"], 1e-9)  # noqa: E731
+        worst = max(have, key=ratio)
+        lines.append(f"worst {field} error / eager error: {ratio(worst):.3f} ({worst['spec']} "
+                     f"{worst['dtype']} M={worst['M']} N={worst['N']} Hq={worst['Hq']} "
+                     f"Hkv={worst['Hkv']} D={worst['D']}; err {worst[f'{field}_err']:.3g}, "
+                     f"eager {worst[f'{field}_ref_err']:.3g})")
+    return lines
 
 
 def determinism(repeats: int = 20) -> list[str]:
@@ -422,6 +522,26 @@ def decode(out_dir: Path) -> list[str]:
         print(json.dumps(rows[-1]), flush=True)
     del k, v
     # bf16 numerics: ragged, paged, GQA packing, q_len 4, against float64 (FlexAttention's rule)
+    checks, bad = _decode_numerics_d128()
+    rows.append(dict(case="decode_correctness", checks=checks, failures=bad))
+    lines.append(f"decode bf16 numerics: {checks - len(bad)}/{checks} within 1.1 x eager bf16 error (+1e-5)")
+    for r in rows:
+        if "gbps" in r:
+            lines.append(f"{r['case']:16} {r['impl']:16} {r['mode']:5} L={r['L']:6} {r['ms']:.4f} ms "
+                         f"{r['gbps']:7.1f} GB/s ({100 * r['gbps'] / copy_gbps:.0f}% of copy)")
+        elif "window_gbps" in r:
+            lines.append(f"{r['case']:16} {r['impl']:16} {r['mode']:5} L={r['L']:6} {r['ms']:.4f} ms "
+                         f"(window bytes {r['window_gbps']:.0f} GB/s)")
+        elif "best_config" in r or "max_abs_err_vs_f64_sdpa" in r:
+            lines.append(str(r))
+    (out_dir / "decode.json").write_text(json.dumps({"meta": _meta(), "rows": rows}, indent=1))
+    return lines
+
+
+def _decode_numerics_d128() -> tuple[int, list[dict]]:
+    from attngen import testing
+
+    dev, dt = DEVICE, torch.bfloat16
     gen = torch.Generator().manual_seed(0)
     checks = 0
     bad = []
@@ -446,18 +566,95 @@ def decode(out_dir: Path) -> list[str]:
                     checks += 1
                     if not within_rule(err, ref_err):
                         bad.append(dict(spec=spec, what=what, paged=paged, m=m, hq=hq, hkv=hkv, err=err, ref_err=ref_err))
-    rows.append(dict(case="decode_correctness", checks=checks, failures=bad))
-    lines.append(f"decode bf16 numerics: {checks - len(bad)}/{checks} within 1.1 x eager bf16 error (+1e-5)")
-    for r in rows:
-        if "gbps" in r:
-            lines.append(f"{r['case']:16} {r['impl']:16} {r['mode']:5} L={r['L']:6} {r['ms']:.4f} ms "
-                         f"{r['gbps']:7.1f} GB/s ({100 * r['gbps'] / copy_gbps:.0f}% of copy)")
-        elif "window_gbps" in r:
-            lines.append(f"{r['case']:16} {r['impl']:16} {r['mode']:5} L={r['L']:6} {r['ms']:.4f} ms "
-                         f"(window bytes {r['window_gbps']:.0f} GB/s)")
-        elif "best_config" in r or "max_abs_err_vs_f64_sdpa" in r:
-            lines.append(str(r))
-    (out_dir / "decode.json").write_text(json.dumps({"meta": _meta(), "rows": rows}, indent=1))
+    return checks, bad
+
+
+DECODE_NUMERICS_SPECS = ["llama", "alibi", "mistral_swa", "gemma2_local"]
+
+
+def decode_numerics(out_dir: Path, specs: list[str], head_dims: list[int], gqa=((8, 2),),
+                    name: str = "decode-numerics.json") -> list[dict]:
+    """bf16 decode out and LSE against the spec's float64 reference (FlexAttention's rule, as
+    the correctness matrix): q_len 1 and 4, contiguous and paged caches, ragged kv_len
+    (5000, 1, 777, 4500: past mistral_swa's 4096 window; q_len 4 over 1 key masks rows fully),
+    at each head dim the spec takes (a spec with a fixed head_dim outside them is skipped)."""
+    from attngen import testing
+
+    dev, dt = DEVICE, torch.bfloat16
+    gen = torch.Generator().manual_seed(0)
+    rows, path = [], out_dir / name
+    cap = 5000
+    for spec in specs:
+        op = attngen.load(EXAMPLES / f"{spec}.attn")
+        dims = spec_dims(op, head_dims=head_dims)
+        if not dims:
+            rows.append(dict(spec=spec, skipped=f"head_dim {list(op.spec.head_dims)} only"))
+            print(f"{spec}: skipped, takes head_dim {list(op.spec.head_dims)} only", flush=True)
+            continue
+        for d in dims:
+            for hq, hkv in gqa:
+                for m, page in ((1, 16), (4, 64)):
+                    case = dict(spec=spec, D=d, hq=hq, hkv=hkv, m=m)
+                    try:
+                        q = torch.randn(4, hq, m, d, generator=gen).to(dev, dt)
+                        k, v = (torch.randn(4, hkv, cap, d, generator=gen).to(dev, dt) for _ in range(2))
+                        kv_len = torch.tensor([cap, 1, 777, 4500], device=dev, dtype=torch.int32)
+                        params = {n: t.to(dev) for n, t in
+                                  random_params(op.spec, 4, hq, hkv, m, cap, "cpu", gen).items()}
+                        kp, vp, table = testing.paged_cache(k, v, page, gen)
+                        gold = testing.decode_reference(op.spec, q.double(), k.double(), v.double(),
+                                                        kv_len=kv_len, **params)
+                        eager = testing.decode_reference(op.spec, q, k, v, kv_len=kv_len, **params)
+                    except Exception as err:
+                        rows.append(dict(**case, ok=False, error=f"setup: {err!r}"[:500]))
+                        print("FAIL", rows[-1], flush=True)
+                        continue
+                    for paged in (False, True):
+                        args = (q, kp, vp) if paged else (q, k, v)
+                        try:
+                            out, lse = op.decode(*args, kv_len=kv_len,
+                                                 page_table=table if paged else None,
+                                                 return_lse=True, **params)
+                            for what, got, g, e in (("out", out, gold[0], eager[0]),
+                                                    ("lse", lse, gold[1], eager[1])):
+                                err, ref_err = mean_abs_error(got, g), mean_abs_error(e, g)
+                                rows.append(dict(**case, paged=paged, page=page if paged else None,
+                                                 what=what, err=err, ref_err=ref_err,
+                                                 ok=within_rule(err, ref_err)))
+                                if not rows[-1]["ok"]:
+                                    print("FAIL", rows[-1], flush=True)
+                        except Exception as err:
+                            rows.append(dict(**case, paged=paged, ok=False, error=repr(err)[:500]))
+                            print("FAIL", rows[-1], flush=True)
+                    path.write_text(json.dumps(rows, indent=1))
+        done = [r for r in rows if r.get("spec") == spec and "ok" in r]
+        print(f"{spec}: {sum(r['ok'] for r in done)}/{len(done)} decode checks ok", flush=True)
+    path.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def decode_numerics_summary(rows: list[dict]) -> list[str]:
+    checks = [r for r in rows if "ok" in r]
+    bad = [r for r in checks if not r["ok"]]
+    lines = [f"decode bf16 numerics: {len(checks) - len(bad)}/{len(checks)} checks within 1.1 x "
+             f"eager bf16 error (+1e-5)"]
+    lines += [f"skipped: {r['spec']} ({r['skipped']})" for r in rows if "skipped" in r]
+    by = {}
+    for r in checks:
+        by.setdefault((r["spec"], r["D"]), [0, 0])
+        by[(r["spec"], r["D"])][0] += r["ok"]
+        by[(r["spec"], r["D"])][1] += 1
+    lines += ["| spec | D | pass |", "|---|---|---|"]
+    lines += [f"| {s} | {d} | {ok}/{n} |" for (s, d), (ok, n) in sorted(by.items())]
+    for what in ("out", "lse"):
+        have = [r for r in checks if r.get("what") == what]
+        if have:
+            ratio = lambda r: r["err"] / max(r["ref_err"], 1e-9)  # noqa: E731
+            w = max(have, key=ratio)
+            lines.append(f"worst decode {what} error / eager error: {ratio(w):.3f} ({w['spec']} "
+                         f"D={w['D']} q_len={w['m']} paged={w['paged']}; err {w['err']:.3g}, "
+                         f"eager {w['ref_err']:.3g})")
+    lines += [f"FAIL {r}" for r in bad]
     return lines
 
 
@@ -468,28 +665,49 @@ def main():
     parser.add_argument("--specs", default="", help="comma list of spec names (correctness)")
     parser.add_argument("--quick", action="store_true",
                         help="bench: skip the D=64 cases; correctness: fewer shapes, D 64 and 128")
+    parser.add_argument("--head-dims", default="",
+                        help="comma list: check these head dims (correctness, decode "
+                             "--numerics-only); specs with a fixed head_dim outside them skip")
+    parser.add_argument("--gqa", default="",
+                        help="comma list of Hq:Hkv (correctness; default 4:4,8:2,8:1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="correctness, decode --numerics-only: one subprocess per (spec, "
+                             "head dim), this many at a time; one merged JSON")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="with --jobs: kill shards still running after this many seconds")
+    parser.add_argument("--numerics-only", action="store_true",
+                        help="decode: only the bf16 numerics against float64 (--specs, "
+                             "--head-dims), no timing")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    print(torch.__version__, torch.cuda.get_device_name(), flush=True)
+    gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+    print(torch.__version__, gpu, flush=True)
+    only = set(args.specs.split(",")) - {""} or None
+    head_dims = [int(d) for d in args.head_dims.split(",") if d]
+    gqa = [tuple(int(x) for x in g.split(":")) for g in args.gqa.split(",") if g] or None
+    meta = dict(_meta() if DEVICE == "cuda" else {}, argv=sys.argv[1:])
     summary = []
     if args.part in ("correctness", "all"):
-        rows = correctness(out_dir, set(args.specs.split(",")) - {""} or None, args.quick)
-        bad = [r for r in rows if not r["ok"]]
-        summary.append(f"correctness: {len(rows) - len(bad)}/{len(rows)} cases pass "
-                       f"(kernel mean error <= 1.1 x bf16/fp16 eager error + 1e-5 for out, lse, "
-                       f"dq, dk, dv and param grads)")
-        fields = sorted({k[:-4] for r in rows for k in r if k.endswith("_err")
-                         and not k.endswith("_ref_err")})
-        for field in fields:
-            have = [r for r in rows if f"{field}_err" in r]
-            if not have:
-                continue
-            ratio = lambda r: r[f"{field}_err"] / max(r[f"{field}_ref_err"], 1e-9)  # noqa: E731
-            worst = max(have, key=ratio)
-            summary.append(f"worst {field} error / eager error: {ratio(worst):.3f} ({worst['spec']} "
-                           f"{worst['dtype']} M={worst['M']} N={worst['N']} D={worst['D']})")
+        tag = "-d" + "-".join(map(str, head_dims)) if head_dims else ""
+        name = f"correctness{'-' + '-'.join(sorted(only)) if only else ''}{tag}.json"
+        if args.jobs > 1:
+            shards = []
+            for op in load_all():
+                if only and op.name not in only:
+                    continue
+                for d in spec_dims(op, args.quick, head_dims):
+                    argv = ["correctness", "--specs", op.name, "--head-dims", str(d)]
+                    argv += ["--quick"] * args.quick + (["--gqa", args.gqa] if args.gqa else [])
+                    shards.append((f"{op.name} D={d}", argv))
+            rows, statuses = run_shards(shards, args.jobs, args.deadline)
+            summary += ["shards:", *statuses]
+            (out_dir / name).write_text(json.dumps({"meta": meta, "shards": statuses,
+                                                    "rows": rows}, indent=1))
+        else:
+            rows = correctness(out_dir, only, args.quick, head_dims or None, gqa, name)
+        summary.extend(correctness_summary(rows))
     if args.part in ("determinism", "all"):
         summary.extend(determinism())
     if args.part in ("bench", "all"):
@@ -497,7 +715,23 @@ def main():
         summary.append(table(rows))
     if args.part in ("sparsity", "all"):
         summary.extend(sparsity(out_dir))
-    if args.part in ("decode", "all"):
+    if args.part == "decode" and args.numerics_only:
+        specs = sorted(only) if only else DECODE_NUMERICS_SPECS
+        dims = head_dims or [128]
+        if args.jobs > 1:
+            shards = [(f"decode {s} D={d}", ["decode", "--numerics-only", "--specs", s,
+                                             "--head-dims", str(d)])
+                      for s in specs for d in dims]
+            rows, statuses = run_shards(shards, args.jobs, args.deadline)
+            summary += ["shards:", *statuses]
+            skipped = {r["spec"]: r for r in rows if "skipped" in r}
+            rows = [r for r in rows if "skipped" not in r] + list(skipped.values())
+            (out_dir / "decode-numerics.json").write_text(
+                json.dumps({"meta": meta, "shards": statuses, "rows": rows}, indent=1))
+        else:
+            rows = decode_numerics(out_dir, specs, dims)
+        summary.extend(decode_numerics_summary(rows))
+    elif args.part in ("decode", "all"):
         summary.extend(decode(out_dir))
     print("\n".join(summary))
 
