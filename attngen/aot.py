@@ -17,7 +17,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .runtime import TORCH_DTYPES, fix_known_compiler_issues
+from .runtime import SHARED_MEMORY_LIMITS, TORCH_DTYPES, fit_shared_memory, sparse_flags
 
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
                  torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}
@@ -51,10 +51,10 @@ def _signature(module, fn, dtype: torch.dtype, head_dim: int) -> tuple[dict, dic
             sig[name] = "*fp32"
         elif name.startswith("p_") and name[2:] in params:
             sig[name] = f"*{_TRITON_TYPES[TORCH_DTYPES[params[name[2:]].dtype]]}"
-        elif name == "Trace":
+        elif name in ("Trace", "Classes"):
             sig[name] = "*i8"
-        elif name.startswith(("doc_runs_", "doc_sorted_")) or name in ("Runs", "Sorted", "KvLen",
-                                                                         "PageTable"):
+        elif name.startswith(("doc_runs_", "doc_sorted_")) or name in (
+                "Runs", "Sorted", "KvLen", "PageTable", "SparseRows", "SparseCols"):
             sig[name] = "*i32"
         elif name == "Ids":  # the document runs kernel reads a document table
             sig[name] = f"*{_TRITON_TYPES[TORCH_DTYPES[params[module.DOCUMENTS[0]].dtype]]}"
@@ -68,31 +68,50 @@ def _signature(module, fn, dtype: torch.dtype, head_dim: int) -> tuple[dict, dic
     return sig, attrs
 
 
-def kernels_of(module, which: tuple[str, ...] = ("fwd", "bwd", "decode")) -> list[str]:
+BLOCK_SPARSE = "_block_sparse"  # a kernel name's suffix: its variant that reads a block mask
+GROUPS = ("fwd", "bwd", "decode", "block_mask")
+
+
+def kernels_of(module, which: tuple[str, ...] = GROUPS) -> list[str]:
     """Names of the generated kernels of a module, in pipeline order (``which``: fwd, bwd,
-    decode; a group the spec does not build is skipped)."""
+    decode, block_mask; a group the spec does not build is skipped). The block_mask group is
+    the block-classes kernel and the variants of the forward and backward kernels that read a
+    block mask's lists (named with the suffix _block_sparse)."""
     names = []
+    has_bwd = hasattr(module, f"{module.NAME}_bwd_dq")
     if "fwd" in which:
         names += ["_document_runs"] if module.DOCUMENTS else []
         names.append(f"{module.NAME}_fwd")
-    if "bwd" in which and hasattr(module, f"{module.NAME}_bwd_dq"):
+    if "bwd" in which and has_bwd:
         names += [f"_{module.NAME}_bwd_preprocess", f"{module.NAME}_bwd_dkdv",
                   f"{module.NAME}_bwd_dq"]
     if "decode" in which and hasattr(module, f"{module.NAME}_decode_kernel"):
         names += [f"{module.NAME}_decode_kernel", f"_{module.NAME}_decode_combine"]
+    if "block_mask" in which:
+        names += [f"_{module.NAME}_block_classes", f"{module.NAME}_fwd{BLOCK_SPARSE}"]
+        if has_bwd:
+            names += [f"{module.NAME}_bwd_dkdv{BLOCK_SPARSE}", f"{module.NAME}_bwd_dq{BLOCK_SPARSE}"]
     return names
 
 
 def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch: int = 90,
                    config_index: int = 0) -> CompiledKernel:
     """Compile one generated kernel for ``sm_<arch>`` with one of its autotune configs."""
+    variant = BLOCK_SPARSE if kernel.endswith(BLOCK_SPARSE) else ""
+    kernel = kernel[:len(kernel) - len(variant)]
     obj = getattr(module, kernel)
     block_d = triton.next_power_of_2(head_dim)
     constants = {"HEAD_DIM": head_dim, "BLOCK_D": block_d}
     if isinstance(obj, triton.runtime.Autotuner):
         fn = obj.fn
-        config = fix_known_compiler_issues([obj.configs[config_index]], block_d)[0]
+        # the config the runtime would launch: the first from config_index on whose tiles fit
+        decode_m = 16 if kernel.endswith("_decode_kernel") else None
+        config = fit_shared_memory(obj.configs[config_index:], block_d, dtype.itemsize,
+                                   SHARED_MEMORY_LIMITS.get(arch, SHARED_MEMORY_LIMITS[90]),
+                                   module.TILE_LOADS, decode_m)[0]
         flags = module.BWD_FLAGS if "_bwd_" in kernel else module.FWD_FLAGS
+        if not kernel.endswith("_decode_kernel"):  # a block mask of 128 x 128 blocks, or none
+            flags = dict(flags, **sparse_flags((128, 128) if variant else ()))
         if kernel.endswith("_decode_kernel"):  # the paged variant, one token of 4:1 GQA
             flags = dict(flags, PAGED=True, BLOCK_M=16)
         constants.update(PRECISION="ieee" if dtype == torch.float32 else "tf32", **flags,
@@ -104,6 +123,10 @@ def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch:
         fn = obj
         constants = {"BLOCK": 1024}
         num_warps, num_stages, label = 4, 1, "block=1024"
+    elif kernel.endswith("_block_classes"):  # a block mask's classes: fixed launch
+        fn = obj
+        constants = {"SPARSE_M": 128, "SPARSE_N": 128, "CHUNK_M": 16}
+        num_warps, num_stages, label = 4, 1, "block=128x128"
     elif kernel.endswith("_decode_combine"):  # merges the splits' partial outputs
         fn = obj
         constants.update(BLOCK_S=16)
@@ -118,6 +141,6 @@ def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch:
                               options={"num_warps": num_warps, "num_stages": num_stages})
     ptx = compiled.asm["ptx"]
     return CompiledKernel(
-        kernel=fn.__name__, dtype=_TRITON_TYPES[dtype], head_dim=head_dim, arch=arch,
+        kernel=fn.__name__ + variant, dtype=_TRITON_TYPES[dtype], head_dim=head_dim, arch=arch,
         config=label, shared_memory=compiled.metadata.shared, uses_wgmma="wgmma" in ptx,
         cubin_bytes=len(compiled.asm.get("cubin", b"")))

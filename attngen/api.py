@@ -56,6 +56,16 @@ class AttentionOp:
         return self.module.trace_tiles(q, k, v, kernel=kernel, block_m=block_m, block_n=block_n,
                                        **params)
 
+    def block_mask(self, batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device=None,
+                   **params):
+        """The mask classified per block (rows x keys, default 128 x 128) for calls of these
+        shapes, computed on the device by a generated kernel; pass it as ``block_mask=`` to skip
+        EMPTY blocks and the mask math of FULL ones where the static analysis cannot (masks read
+        from tables, arbitrary expressions). ``params``: the mask's params, as the calls pass
+        them. Reuse it across layers; build a new one when the shapes or those params change."""
+        return self.module.block_mask(batch, heads, q_len, kv_len, heads_kv=heads_kv, block=block,
+                                      device=device, **params)
+
     def decode(self, q, k_cache, v_cache, *, kv_len=None, page_table=None, scale=None,
                return_lse=False, num_splits=None, **params):
         """Attention of a few new queries against a KV cache (inference; no backward).

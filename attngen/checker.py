@@ -33,16 +33,19 @@ FUNCTIONS = {**{f: (1, 1) for f in FLOAT_FUNCTIONS}, "abs": (1, 1), "floor": (1,
              "ceil": (1, 1), "min": (2, None), "max": (2, None), "clamp": (3, 3),
              "where": (3, 3)}
 MASK_BUILTINS = {"causal": None, "window": (1, 2), "chunk": (1, 1), "document": (1, 1)}
-# Names of the op's own arguments, op(q, k, v, *, scale, return_lse, deterministic, **params),
-# and of its module's trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params)
+# Names of the op's own arguments, op(q, k, v, *, scale, return_lse, deterministic, block_mask,
+# **params), and of its module's trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16,
+# block_mask, **params), decode and block_mask(batch, heads, q_len, kv_len, *, heads_kv, block,
+# device, **params)
 OP_ARGUMENTS = {"k", "v", "scale", "return_lse", "deterministic", "self", "params", "kernel",
-                "block_m", "block_n", "k_cache", "v_cache", "kv_len", "page_table", "num_splits"}
+                "block_m", "block_n", "k_cache", "v_cache", "kv_len", "page_table", "num_splits",
+                "block_mask", "batch", "heads", "heads_kv", "block", "device"}
 # Globals of a generated module, which an attention (its op function) must not shadow, and
 # modules it imports (a generated NAME.py must not shadow one of them either)
 MODULE_GLOBALS = {"torch", "triton", "tl", "libdevice", "runtime", "NAME", "SPEC", "SPEC_HASH",
                   "PARAMS", "DTYPES", "HEAD_DIMS", "INF", "LOG2E", "LN2", "BIG", "FWD_FLAGS",
                   "BWD_FLAGS", "DOCUMENTS", "GRAD_TERMS", "trace_tiles", "trace_decode_tiles",
-                  "tuning", "attngen", "os"}
+                  "tuning", "attngen", "os", "block_mask", "MASK_READS", "TILE_LOADS"}
 # Python's builtins: the generated module and its kernels call some (dict, zip, range, float)
 PYTHON_BUILTINS = frozenset(name for name in dir(builtins) if not name.startswith("_"))
 RESERVED = set(POSITIONS) | set(CONSTANTS) | set(FUNCTIONS) | set(MASK_BUILTINS) | {"score"}
@@ -197,8 +200,8 @@ class _AttentionChecker:
                             f"choose another name", ident.line, ident.column)
         if name in OP_ARGUMENTS:
             raise SpecError(f"{what} name '{name}' is an argument of the generated op "
-                            f"op(q, k, v, *, scale, return_lse, deterministic, **params) or of "
-                            f"its trace_tiles(q, k, v, *, kernel, block_m, block_n, **params); "
+                            f"op(q, k, v, *, scale, return_lse, deterministic, block_mask, "
+                            f"**params) or of its module's trace_tiles, decode or block_mask; "
                             f"choose another name", ident.line, ident.column)
         if name.startswith("_"):
             raise SpecError(f"{what} name '{name}' starts with '_', which is reserved for "

@@ -111,9 +111,11 @@ def build(files: tuple[str, ...], out_dir: str, check_only: bool) -> None:
 
 
 def _expects_wgmma(kernel: str) -> bool:
-    """The preprocess, document-runs and decode-combine kernels have no matrix product; decode's
-    tiles of 16-64 query rows are below a warpgroup MMA's 64 and use mma.sync (it is memory-bound)."""
-    return "preprocess" not in kernel and kernel != "_document_runs" and "_decode" not in kernel
+    """The preprocess, document-runs, block-classes and decode-combine kernels have no matrix
+    product; decode's tiles of 16-64 query rows are below a warpgroup MMA's 64 and use mma.sync
+    (it is memory-bound)."""
+    return "preprocess" not in kernel and kernel != "_document_runs" and "_decode" not in kernel \
+        and not kernel.endswith("_block_classes")
 
 
 @main.command(name="compile")
@@ -121,12 +123,15 @@ def _expects_wgmma(kernel: str) -> bool:
 @click.option("--arch", default=90, show_default=True, help="CUDA compute capability, e.g. 90, 80.")
 @click.option("--dtype", "dtypes", default="", help="Comma list of bf16,fp16,fp32 (default: the spec's).")
 @click.option("--head-dim", "head_dims", default="", help="Comma list (default: the spec's, else 64,128).")
-@click.option("--kernels", "which", default="fwd,bwd,decode", show_default=True,
-              help="Comma list of kernel groups: fwd, bwd, decode.")
+@click.option("--kernels", "which", default="fwd,bwd,decode,block_mask", show_default=True,
+              help="Comma list of kernel groups: fwd, bwd, decode, block_mask (the block-classes "
+                   "kernel and the kernel variants that read a block mask).")
 def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, which: str) -> None:
     """Compile the kernels of spec FILES for a GPU target; no GPU needed.
 
-    Fails if a kernel does not compile, or if an fp16/bf16 kernel for sm_90 lacks wgmma.
+    Fails if a kernel does not compile, needs more shared memory than the target has, or (an
+    fp16/bf16 kernel for sm_90) lacks wgmma. Each kernel uses the config the runtime would
+    launch first: its first autotune config whose tiles fit.
 
     \b
     Example:
@@ -138,13 +143,13 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, 
     os.environ["TRITON_INTERPRET"] = "0"  # compiled, not interpreted, kernels (before triton loads)
     from pathlib import Path
 
-    from .aot import compile_kernel, kernels_of
+    from .aot import GROUPS, compile_kernel, kernels_of
     from .api import AttentionOp
-    from .runtime import SPEC_DTYPES
+    from .runtime import SHARED_MEMORY_LIMITS, SPEC_DTYPES
 
     groups = tuple(g.strip() for g in which.split(","))
-    if not set(groups) <= {"fwd", "bwd", "decode"}:
-        raise click.BadParameter(f"expected a comma list of fwd, bwd, decode; got {which!r}",
+    if not set(groups) <= set(GROUPS):
+        raise click.BadParameter(f"expected a comma list of {', '.join(GROUPS)}; got {which!r}",
                                  param_hint="--kernels")
     specs, failed = _read_all(files)
     for path, attentions in specs:
@@ -167,11 +172,14 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, 
                     continue
                 missing = arch >= 90 and dtype != "fp32" and not k.uses_wgmma \
                     and _expects_wgmma(kernel)
-                failed |= missing
+                limit = SHARED_MEMORY_LIMITS.get(arch)
+                too_big = limit is not None and k.shared_memory > limit
+                failed |= missing or too_big
                 click.echo(f"{path}: {k.kernel} {dtype} D={dim} sm_{arch} [{k.config}]: "
                            f"smem {k.shared_memory} B, cubin {k.cubin_bytes} B, "
                            f"wgmma {'yes' if k.uses_wgmma else 'NO'}"
-                           f"{'  <- expected wgmma' if missing else ''}")
+                           f"{'  <- expected wgmma' if missing else ''}"
+                           f"{f'  <- over the {limit} B of shared memory' if too_big else ''}")
     sys.exit(1 if failed else 0)
 
 

@@ -45,10 +45,24 @@ def _knobs(configs: tuple[ir.KernelConfig, ...], kernel: str, as_list: bool) -> 
     return None
 
 
+def _reads(e: ir.Expr, name: str) -> bool:
+    return any(isinstance(n, ir.Name) and n.id == name for n in ir.walk(e))
+
+
 def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
     """The generated Python module for one attention, formatted."""
     low = lower(attention)
     sparsity = analyse(attention)
+    mask_names = {n.param if isinstance(n, ir.Index) else n.id for n in ir.walk(attention.mask)
+                  if isinstance(n, (ir.Name, ir.Index))}
+    params = [
+        {"name": p.name, "dtype": p.dtype, "dims": p.dims, "grad": p.grad, "arg": k.arg,
+         "stride_args": k.stride_args, "ndim": k.ndim}
+        for p, k in zip(attention.params, low.params)
+    ]
+    mask_params = [p for p in params if p["name"] in mask_names]
+    tile_loads = sum(1 for root in (attention.score, attention.mask) for n in ir.walk(root)
+                     if isinstance(n, ir.Index) and _reads(n, "q") and _reads(n, "kv"))
     context = {
         "version": VERSION,
         "name": attention.name,
@@ -56,12 +70,13 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "spec_text": attention.source + "\n",
         "spec_lines": attention.source.splitlines(),
         "spec_hash": spec_hash(attention),
-        "params": [
-            {"name": p.name, "dtype": p.dtype, "dims": p.dims, "grad": p.grad, "arg": k.arg,
-             "stride_args": k.stride_args, "ndim": k.ndim}
-            for p, k in zip(attention.params, low.params)
-        ],
+        "params": params,
         "param_signature": ", ".join(p.signature() for p in attention.params) or "none",
+        "mask_params": mask_params,
+        "mask_param_signature": ", ".join(p.signature() for p in attention.params
+                                          if p.name in mask_names) or "none",
+        "tile_loads": tile_loads,
+        "mask_reads": tuple(sorted(mask_names & ({"b", "h", "hkv"} | {p.name for p in attention.params}))),
         "dtypes": attention.dtypes,
         "head_dims": attention.head_dims,
         "score_text": attention.score_text,

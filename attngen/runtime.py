@@ -315,6 +315,138 @@ def check_params(op: str, specs: Sequence[ParamSpec], given: dict[str, Any], sha
     return out
 
 
+def check_block_mask_shapes(op: str, batch: Any, heads: Any, heads_kv: Any, q_len: Any,
+                            kv_len: Any) -> Shapes:
+    """The shapes a block mask is built for (head_dim 0: it does not matter)."""
+    given = dict(batch=batch, heads=heads, heads_kv=heads if heads_kv is None else heads_kv,
+                 q_len=q_len, kv_len=kv_len)
+    for name, value in given.items():
+        least = 0 if name.endswith("len") else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            _fail(op, f"block_mask: {name} must be an int >= {least}, got {value!r}")
+    if given["heads"] % given["heads_kv"]:
+        _fail(op, f"block_mask: heads must be a multiple of heads_kv, got heads={heads} and "
+                  f"heads_kv={heads_kv}")
+    _check_lengths(op, q_len, kv_len, "kv_len")
+    return Shapes(batch, given["heads"], given["heads_kv"], q_len, kv_len, 0)
+
+
+def sparse_block_sizes(op: str, block: Any, configs: Sequence) -> tuple[int, int]:
+    """A block mask's (rows, keys) per block: every tile of the kernels (configs) must divide
+    them, so that each tile lies in one block; default 128 each, or the largest tile."""
+    largest = tuple(max(c.kwargs.get(key, 16) for c in configs) for key in ("BLOCK_M", "BLOCK_N"))
+    if block is None:
+        return max(128, largest[0]), max(128, largest[1])
+    sizes = (block, block) if isinstance(block, int) else block
+    ok = isinstance(sizes, (tuple, list)) and len(sizes) == 2 and all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 and n & (n - 1) == 0
+        and n % tile == 0 for n, tile in zip(sizes, largest))
+    if not ok:
+        _fail(op, f"block_mask: block must be a power of two (or a pair: rows, keys) that is a "
+                  f"multiple of the kernels' largest tile, {largest[0]} rows x {largest[1]} "
+                  f"keys; got {block!r}")
+    return tuple(sizes)
+
+
+def _block_lists(classes: torch.Tensor) -> torch.Tensor:
+    """Per row of block classes [..., blocks]: [..., 2, 1 + blocks] int32 holding, for PARTIAL
+    and for FULL, the count of such blocks, then their indices in increasing order."""
+    hit = torch.stack((classes == 1, classes == 2), dim=-2)
+    order = torch.argsort(hit.to(torch.int16), dim=-1, descending=True, stable=True)
+    counts = hit.sum(-1, dtype=torch.int32).unsqueeze(-1)
+    return torch.cat((counts, order.to(torch.int32)), dim=-1).contiguous()
+
+
+def _version(value: Any) -> int | None:
+    return TensorMemo._version_of(value) if isinstance(value, torch.Tensor) else None
+
+
+@dataclass(frozen=True, eq=False)
+class BlockMask:
+    """The mask of one op classified per block for one set of shapes (``op.block_mask``):
+    ``classes`` int8 [B or 1, Hq or 1, q blocks, kv blocks] (0 EMPTY, 1 PARTIAL, 2 FULL; batch
+    and heads are 1 when the mask does not depend on them), ``rows`` the key blocks per query
+    block (`_block_lists`) and ``cols`` the query blocks per key block, for the backward."""
+
+    op: str
+    spec_hash: str
+    classes: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    shapes: Shapes
+    block: tuple[int, int]
+    params: dict  # the mask params it was built from, with their tensors' versions
+    versions: dict
+
+    @classmethod
+    def from_classes(cls, op: str, spec_hash: str, classes: torch.Tensor, shapes: Shapes,
+                     block: tuple[int, int], params: dict) -> BlockMask:
+        return cls(op, spec_hash, classes, _block_lists(classes),
+                   _block_lists(classes.transpose(-1, -2)), shapes, block, dict(params),
+                   {name: _version(value) for name, value in params.items()})
+
+    @property
+    def density(self) -> float:
+        """The fraction of blocks the kernels visit (PARTIAL or FULL)."""
+        return (self.classes != 0).float().mean().item() if self.classes.numel() else 0.0
+
+    def __repr__(self) -> str:
+        s = self.shapes
+        return (f"BlockMask({self.op}, batch={s.batch}, heads={s.heads_q}, q_len={s.q_len}, "
+                f"kv_len={s.kv_len}, block={self.block}, classes={list(self.classes.shape)}, "
+                f"density={self.density:.3f})")
+
+
+def check_block_mask(op: str, block_mask: Any, spec_hash: str, shapes: Shapes,
+                     device: torch.device, params: dict) -> tuple[list[torch.Tensor], tuple[int, int]]:
+    """A call's block_mask against the call; returns the kernels' lists and block sizes (none
+    and (0, 0) without a block mask)."""
+    if block_mask is None:
+        return [], (0, 0)
+    if not isinstance(block_mask, BlockMask):
+        _fail(op, f"block_mask must be a BlockMask from {op}.block_mask(...), got "
+                  f"{type(block_mask).__name__}")
+    if spec_hash != block_mask.spec_hash:
+        _fail(op, f"block_mask was built by {block_mask.op}.block_mask (another spec); build it "
+                  f"with {op}.block_mask")
+    mine, theirs = block_mask.shapes, shapes
+    for name, have, want in (("batch", mine.batch, theirs.batch),
+                             ("heads", mine.heads_q, theirs.heads_q),
+                             ("heads_kv", mine.heads_kv, theirs.heads_kv),
+                             ("q_len", mine.q_len, theirs.q_len),
+                             ("kv_len", mine.kv_len, theirs.kv_len)):
+        if have != want:
+            _fail(op, f"block_mask was built for {name}={have}, but this call has {name}={want}; "
+                      f"build one for these shapes")
+    if block_mask.classes.device != device:
+        _fail(op, f"block_mask is on {block_mask.classes.device}, but q is on {device}")
+    for name, built in block_mask.params.items():
+        given = params.get(name)
+        if isinstance(built, torch.Tensor):
+            same = given is built and _version(given) == block_mask.versions[name]
+        else:
+            same = not isinstance(given, torch.Tensor) and given == built
+        if not same:
+            _fail(op, f"block_mask was built from another param {name} (or the tensor was "
+                      f"modified since); build it from the {name} this call passes")
+    return [block_mask.rows, block_mask.cols], block_mask.block
+
+
+def sparse_args(lists: torch.Tensor | None, shapes: Shapes, dummy: torch.Tensor) -> list:
+    """Kernel arguments for block-mask lists [B or 1, Hq or 1, blocks, 2, 1 + blocks]: the
+    tensor and its batch, head, block and class strides (0 along broadcast dims)."""
+    if lists is None:
+        return [dummy, 0, 0, 0, 0]
+    lists = lists.expand(shapes.batch, shapes.heads_q, *lists.shape[2:])
+    return [lists, *lists.stride()[:4]]
+
+
+def sparse_flags(block: Sequence[int]) -> dict:
+    """Constexpr flags of a kernel launch with (block given) or without a block mask."""
+    return dict(BLOCK_SPARSE=bool(block), SPARSE_M=block[0] if block else 16,
+                SPARSE_N=block[1] if block else 16)
+
+
 def check_scale(scale: Any) -> float:
     """The softmax scale as a float: a finite number >= 0 (0 gives uniform weights)."""
     number = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
@@ -470,29 +602,31 @@ def fix_known_compiler_issues(configs: list, block_d: int) -> list:
     return out
 
 
-def prune_by_shared_memory(configs, named_args, **kwargs):
-    """Drop configs whose tiles cannot fit in shared memory, before compiling any of them.
+# Shared memory per block on the targets `attngen compile` knows (the runtime asks the device)
+SHARED_MEMORY_LIMITS = {90: 232448, 89: 101376, 86: 101376, 80: 166912}
 
-    Estimate: the Q tile plus ``num_stages`` buffered K and V tiles, in the inputs' dtype.
+
+def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
+                      tile_loads: int = 0, block_m: int | None = None) -> list:
+    """The configs whose tiles fit in ``limit`` bytes of shared memory, in order; if none does,
+    the smallest shrunk (fewer stages first, then fewer keys) until it fits.
+
+    Estimate: the Q tile plus ``num_stages`` buffered K and V tiles in the inputs' dtype (elem
+    bytes), plus, per tile-shaped param read in the score or mask (``tile_loads``: a bias table
+    indexed by q and kv), ``num_stages - 1`` pipelined BLOCK_M x BLOCK_N buffers of 4 bytes.
+    ``block_m``: the query rows of configs without a BLOCK_M (decode fixes it per call).
     """
     import triton
 
-    q = named_args["Q"]
-    if not q.is_cuda:
-        return configs
-    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
     configs = fix_known_compiler_issues(configs, block_d)
-    limit = _shared_memory_limit(q.device.index or 0)
-    elem = q.element_size()
 
     def estimate(c):
-        m, n = c.kwargs.get("BLOCK_M", kwargs.get("BLOCK_M")), c.kwargs["BLOCK_N"]
-        return (m * block_d + 2 * max(c.num_stages, 1) * n * block_d) * elem
+        m, n, stages = c.kwargs.get("BLOCK_M", block_m or 16), c.kwargs["BLOCK_N"], max(c.num_stages, 1)
+        return (m * block_d + 2 * stages * n * block_d) * elem + tile_loads * (stages - 1) * m * n * 4
 
     kept = [c for c in configs if estimate(c) <= limit]
     if kept:
         return kept
-    # nothing fits (fp32 at D=256): shrink the smallest, fewer stages first, then fewer keys
     smallest = min(configs, key=estimate)
     blocks, stages = dict(smallest.kwargs), smallest.num_stages
     shrunk = triton.Config(dict(blocks), num_warps=smallest.num_warps, num_stages=stages)
@@ -503,6 +637,21 @@ def prune_by_shared_memory(configs, named_args, **kwargs):
             blocks["BLOCK_N"] //= 2
         shrunk = triton.Config(dict(blocks), num_warps=smallest.num_warps, num_stages=stages)
     return [shrunk]
+
+
+def shared_memory_pruner(tile_loads: int):
+    """A kernel's ``early_config_prune``: drop configs whose tiles cannot fit in the device's
+    shared memory (``fit_shared_memory``), before compiling any of them."""
+
+    def prune(configs, named_args, **kwargs):
+        q = named_args["Q"]
+        if not q.is_cuda:
+            return configs
+        return fit_shared_memory(configs, kwargs.get("BLOCK_D", named_args.get("BLOCK_D")),
+                                 q.element_size(), _shared_memory_limit(q.device.index or 0),
+                                 tile_loads, kwargs.get("BLOCK_M"))
+
+    return prune
 
 
 def check_deterministic(op: str, grad_terms, specs, tensors) -> None:

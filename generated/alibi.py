@@ -42,6 +42,10 @@ LN2 = tl.constexpr(0.6931471805599453)
 _FWD_CONFIGS = runtime.autotune_configs("fwd", None, None, interpret=_INTERPRET)
 _BWD_CONFIGS = runtime.autotune_configs("bwd", None, None, interpret=_INTERPRET)
 _DECODE_CONFIGS = runtime.autotune_configs("decode", None, None, interpret=_INTERPRET)
+# tile-shaped param reads in the score and mask (e.g. a bias table indexed by q and kv): their
+# pipelined buffers count in the shared-memory estimate that prunes configs
+TILE_LOADS = 0
+_PRUNE = runtime.shared_memory_pruner(TILE_LOADS)
 _INTERPRET_TL = tl.constexpr(_INTERPRET)
 # constexpr flags of the forward kernel, fixed by the spec (see the kernel's notation block)
 FWD_FLAGS = dict(
@@ -53,6 +57,9 @@ BWD_FLAGS = dict(FWD_FLAGS, SCORE_GRAD_IS_ONE=True)
 BIG = tl.constexpr(2**30)  # an unbounded end of a position range (see the sparsity analysis)
 # document-id tables the mask compares (`T[b, q] == T[b, kv]`): the kernels read their runs
 DOCUMENTS = ()
+# what the mask reads (batch / head indices and params): a block mask is built per batch row
+# and head only when the mask reads b or h (hkv), from the params it reads
+MASK_READS = ()
 # reads of `grad` params in the score: (param, varying); varying reads accumulate with atomics
 GRAD_TERMS = (("slopes", False),)
 
@@ -111,6 +118,9 @@ def _documents(params, shapes):
 #   SCORE_IS_IDENTITY    the spec's score is `score`: log2(e) is folded into the scale
 #   HAS_MASK             the spec's mask is not `all`: evaluate it on PARTIAL tiles
 #   TRACE                debugging: record every visited tile's class in Trace (1 PARTIAL, 2 FULL)
+#   BLOCK_SPARSE         a block mask was given (any mask: see block_mask below): visit the key
+#                        blocks its lists name, SPARSE_M x SPARSE_N positions each, instead of
+#                        the closed-form ranges; SPARSE_M and SPARSE_N are multiples of the tiles
 # Tile classes come from the sparsity analysis of the mask (attngen/sparsity.py), emitted below as
 # statements that bound the key positions a query tile [first_q, last_q] can see: keys outside
 # [lo, hi) are EMPTY for every query of the tile (skipped: no loads, no math), keys inside
@@ -171,6 +181,7 @@ def _alibi_fwd_tiles(
     page_size,
     stride_kp,
     stride_vp,
+    blocks,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     HAS_MASK: tl.constexpr,
@@ -178,14 +189,22 @@ def _alibi_fwd_tiles(
     EVEN_D: tl.constexpr,
     TRACE: tl.constexpr,
     PAGED: tl.constexpr,
+    LISTED: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    SPARSE_N: tl.constexpr,
 ):
     """Online softmax over key tiles [start, end): PARTIAL tiles check bounds and the mask.
-    PAGED (decode): key position p lives at row p % page_size of page pages[p // page_size]."""
-    for start_n in range(start, end, BLOCK_N):
+    PAGED (decode): key position p lives at row p % page_size of page pages[p // page_size].
+    LISTED (block mask): [start, end) counts positions of the listed blocks, block i holding
+    positions blocks[i] * SPARSE_N + [0, SPARSE_N)."""
+    for t in range(start, end, BLOCK_N):
+        if LISTED:
+            start_n = tl.load(blocks + t // SPARSE_N) * SPARSE_N + t % SPARSE_N
+        else:
+            start_n = t
         kv_pos = start_n + offs_n
         if TRACE:
-            tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL)
+            tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL, mask=start_n < kv_len)
         if PAGED:
             page = tl.load(pages + kv_pos // page_size, mask=kv_pos < kv_len, other=0).to(tl.int64)
             k_rows = page * stride_kp + (kv_pos % page_size) * stride_kn
@@ -233,7 +252,7 @@ def _alibi_fwd_tiles(
 @triton.autotune(
     configs=_FWD_CONFIGS,
     key=["q_bucket", "kv_bucket", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": runtime.prune_by_shared_memory},
+    prune_configs_by={"early_config_prune": _PRUNE},
 )
 @triton.jit(do_not_specialize=["batch", "q_len", "kv_len", "q_bucket", "kv_bucket"])
 def alibi_fwd(
@@ -257,6 +276,11 @@ def alibi_fwd(
     stride_om,
     p_slopes,
     p_slopes_stride0,
+    SparseRows,
+    stride_sb,
+    stride_sh,
+    stride_sm,
+    stride_sc,
     batch,
     heads_q,
     heads_kv,
@@ -271,6 +295,9 @@ def alibi_fwd(
     SCORE_IS_IDENTITY: tl.constexpr,
     HAS_MASK: tl.constexpr,
     TRACE: tl.constexpr,
+    BLOCK_SPARSE: tl.constexpr,
+    SPARSE_M: tl.constexpr,
+    SPARSE_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -294,19 +321,7 @@ def alibi_fwd(
     k_base = K + off_b * stride_kb + off_hkv * stride_kh + offs_d[:, None]
     v_base = V + off_b * stride_vb + off_hkv * stride_vh + offs_d[None, :]
 
-    # key positions this query tile sees (positions first_q..last_q; see the notation block)
-    first_q = pid_m * BLOCK_M + (kv_len - q_len)
-    last_q = tl.minimum(first_q + BLOCK_M - 1, kv_len - 1)
-    lo = -BIG
-    full_lo = -BIG
-    full_hi = BIG
-    hi = BIG
-    # kv <= q
-    full_hi = tl.minimum(full_hi, first_q + 1)
-    hi = tl.minimum(hi, last_q + 1)
-    lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
     trace = Trace + (pid_bh * tl.cdiv(q_len, BLOCK_M) + pid_m) * tl.cdiv(kv_len, BLOCK_N)
-
     if SCORE_IS_IDENTITY:
         qk_scale = scale * LOG2E
     else:
@@ -314,9 +329,37 @@ def alibi_fwd(
     m_i = tl.full([BLOCK_M], -INF, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if BLOCK_SPARSE:
+        # the block mask's lists for this tile's query block (see block_mask below)
+        lists = (
+            SparseRows
+            + off_b * stride_sb
+            + off_h * stride_sh
+            + (pid_m * BLOCK_M // SPARSE_M) * stride_sm
+        )
+    else:
+        # key positions this query tile sees (positions first_q..last_q; see the notation block)
+        first_q = pid_m * BLOCK_M + (kv_len - q_len)
+        last_q = tl.minimum(first_q + BLOCK_M - 1, kv_len - 1)
+        lo = -BIG
+        full_lo = -BIG
+        full_hi = BIG
+        hi = BIG
+        # kv <= q
+        full_hi = tl.minimum(full_hi, first_q + 1)
+        hi = tl.minimum(hi, last_q + 1)
+        lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
+        blocks = Q  # unused
     # PARTIAL tiles before the FULL ones (window edge), the FULL ones, PARTIAL ones after (diagonal)
     for i in tl.static_range(3):
-        if i == 0:
+        if BLOCK_SPARSE:  # i = 0: the PARTIAL blocks' list, 1: the FULL blocks', 2: none
+            blocks = lists + i * stride_sc + 1
+            start = 0
+            if i < 2:
+                end = tl.load(lists + i * stride_sc) * SPARSE_N
+            else:
+                end = 0
+        elif i == 0:
             start = lo
             end = full_lo
         elif i == 1:
@@ -355,6 +398,7 @@ def alibi_fwd(
             1,
             0,
             0,
+            blocks,
             PRECISION,
             SCORE_IS_IDENTITY,
             HAS_MASK,
@@ -362,7 +406,9 @@ def alibi_fwd(
             HEAD_DIM == BLOCK_D,
             TRACE,
             False,
+            BLOCK_SPARSE,
             BLOCK_N,
+            SPARSE_N,
         )
 
     empty = l_i == 0.0
@@ -374,6 +420,113 @@ def alibi_fwd(
     )
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_valid[:, None] & d_valid[None, :])
     tl.store(Lse + pid_bh * q_len + offs_m, lse, mask=m_valid)
+
+
+# ---- block mask: tile classes of any mask, computed on the device ------------------------------
+# For masks the closed-form analysis cannot settle (data-dependent tables, arbitrary expressions),
+# `block_mask(...)` classifies blocks of SPARSE_M query rows x SPARSE_N keys once, and the kernels
+# (BLOCK_SPARSE) then visit only the listed blocks: no N x N tensor, no compile, reusable by every
+# layer that sees the same mask. One program per (key block, query block, batch * head of the mask):
+# the closed-form ranges of the block's queries settle what they can (EMPTY outside [lo, hi), FULL
+# inside [full_lo, full_hi) when the block lies inside the lengths), the rest is evaluated element by
+# element, CHUNK_M rows at a time: EMPTY when no element in bounds is kept, FULL when the block lies
+# inside the lengths and every element is kept, PARTIAL otherwise.
+
+
+@triton.jit
+def _alibi_block_classes(
+    Classes,
+    batch,
+    heads_q,
+    heads_kv,
+    q_len,
+    kv_len,
+    mask_heads,
+    SPARSE_M: tl.constexpr,
+    SPARSE_N: tl.constexpr,
+    CHUNK_M: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    off_b = pid_bh // mask_heads
+    off_h = pid_bh % mask_heads
+    off_hkv = off_h // (heads_q // heads_kv)
+
+    first_q = pid_m * SPARSE_M + (kv_len - q_len)
+    last_q = tl.minimum(first_q + SPARSE_M - 1, kv_len - 1)
+    lo = -BIG
+    full_lo = -BIG
+    full_hi = BIG
+    hi = BIG
+    # kv <= q
+    full_hi = tl.minimum(full_hi, first_q + 1)
+    hi = tl.minimum(hi, last_q + 1)
+    first_kv = pid_n * SPARSE_N
+    inside = (first_kv + SPARSE_N <= kv_len) & ((pid_m + 1) * SPARSE_M <= q_len)
+    if (tl.minimum(first_kv + SPARSE_N, kv_len) <= lo) | (first_kv >= hi):
+        block_class = tl.zeros([], dtype=tl.int32)
+    elif inside & (full_lo <= first_kv) & (first_kv + SPARSE_N <= full_hi):
+        block_class = tl.full([], 2, dtype=tl.int32)
+    else:
+        kv_pos = first_kv + tl.arange(0, SPARSE_N)
+        kept = tl.zeros([], dtype=tl.int32)
+        for start_m in range(0, SPARSE_M, CHUNK_M):
+            offs_m = pid_m * SPARSE_M + start_m + tl.arange(0, CHUNK_M)
+            q_pos = offs_m + (kv_len - q_len)
+            keep = (offs_m < q_len)[:, None] & (kv_pos < kv_len)[None, :]
+            keep = keep & (kv_pos[None, :] <= q_pos[:, None])
+            kept += tl.sum(keep.to(tl.int32))
+        block_class = tl.where(kept == 0, 0, tl.where(inside & (kept == SPARSE_M * SPARSE_N), 2, 1))
+    blocks_q = tl.cdiv(q_len, SPARSE_M)
+    blocks_kv = tl.cdiv(kv_len, SPARSE_N)
+    tl.store(Classes + (pid_bh * blocks_q + pid_m) * blocks_kv + pid_n, block_class.to(tl.int8))
+
+
+def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device=None, **params):
+    """Classify the mask's blocks once for tensors of these shapes; pass the result as
+    `block_mask=` to alibi (forward and backward) to visit only its non-empty blocks.
+
+    For masks the static analysis cannot bound (data-dependent tables, arbitrary expressions): the
+    kernels then skip EMPTY blocks and run FULL ones with no mask math, as they do for causal or
+    window masks without any setup. Build it once per batch and reuse it in every layer.
+    batch, heads: the calls' B and Hq (heads_kv: their Hkv, default heads); block: rows and keys
+    per block, an int or a pair of powers of two that every tile of the kernels divides (default
+    128, or the largest tile); params: the mask's params (none), the
+    same objects the calls will pass; device: theirs, else CUDA when there is a GPU.
+    """
+    sizes = runtime.sparse_block_sizes(NAME, block, (*_FWD_CONFIGS, *_BWD_CONFIGS))
+    if heads_kv is None and "hkv" in MASK_READS:
+        raise ValueError(f"{NAME}.block_mask: the mask reads hkv: pass heads_kv (the calls' Hkv)")
+    shapes = runtime.check_block_mask_shapes(NAME, batch, heads, heads_kv, q_len, kv_len)
+    if device is None:
+        device = next(
+            (v.device for v in params.values() if isinstance(v, torch.Tensor)), None
+        ) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    runtime.check_kernel_device(NAME, device, _INTERPRET, None)
+    tensors = runtime.check_params(
+        NAME, [p for p in PARAMS if p.name in MASK_READS], params, shapes, device
+    )
+    mask_batch = shapes.batch if "b" in MASK_READS else 1
+    mask_heads = shapes.heads_q if {"h", "hkv"} & set(MASK_READS) else 1
+    blocks = (triton.cdiv(q_len, sizes[0]), triton.cdiv(kv_len, sizes[1]))
+    classes = torch.zeros((mask_batch, mask_heads, *blocks), dtype=torch.int8, device=device)
+    if classes.numel():
+        _alibi_block_classes[(blocks[1], blocks[0], mask_batch * mask_heads)](
+            classes,
+            *_documents(tensors, shapes),
+            shapes.batch,
+            shapes.heads_q,
+            shapes.heads_kv,
+            q_len,
+            kv_len,
+            mask_heads,
+            SPARSE_M=sizes[0],
+            SPARSE_N=sizes[1],
+            CHUNK_M=min(sizes[0], 16),
+        )
+    return runtime.BlockMask.from_classes(NAME, SPEC_HASH, classes, shapes, sizes, params)
 
 
 # ---- backward kernels ----------------------------------------------------------------------------
@@ -391,6 +544,8 @@ def alibi_fwd(
 #   same over the tile, atomics into an fp32 buffer when it varies with q or kv.
 # Tile classification is the forward's (the dK/dV kernel uses the transposed ranges: query
 # positions per key tile): EMPTY tiles are skipped, FULL tiles skip bounds checks and mask math.
+# With a block mask (BLOCK_SPARSE), dQ reads the forward's lists (key blocks per query block) and
+# dK/dV the transposed ones (query blocks per key block, SparseCols).
 # [Note] fully masked rows have Lse = -inf: the kernels use 0 instead, so every P of the row is
 # exp2(-inf) = 0 and the row contributes no gradient.
 
@@ -472,6 +627,7 @@ def _alibi_bwd_dkdv_tiles(
     end,
     trace,
     trace_stride,
+    blocks,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     SCORE_GRAD_IS_ONE: tl.constexpr,
@@ -479,13 +635,20 @@ def _alibi_bwd_dkdv_tiles(
     PARTIAL: tl.constexpr,
     EVEN_D: tl.constexpr,
     TRACE: tl.constexpr,
+    LISTED: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    SPARSE_M: tl.constexpr,
 ):
-    """dK, dV contributions of query tiles [start, end) of one query head (tiles transposed)."""
-    for start_m in range(start, end, BLOCK_M):
+    """dK, dV contributions of query tiles [start, end) of one query head (tiles transposed);
+    LISTED: [start, end) counts rows of the listed query blocks (see the forward's tile loop)."""
+    for t in range(start, end, BLOCK_M):
+        if LISTED:
+            start_m = tl.load(blocks + t // SPARSE_M) * SPARSE_M + t % SPARSE_M
+        else:
+            start_m = t
         offs_m = start_m + tl.arange(0, BLOCK_M)
         if TRACE:
-            tl.store(trace + (start_m // BLOCK_M) * trace_stride, 2 - PARTIAL)
+            tl.store(trace + (start_m // BLOCK_M) * trace_stride, 2 - PARTIAL, mask=start_m < q_len)
         q_pos = offs_m + (kv_len - q_len)
         if PARTIAL:
             m_valid = offs_m < q_len
@@ -545,7 +708,7 @@ def _alibi_bwd_dkdv_tiles(
 @triton.autotune(
     configs=_BWD_CONFIGS,
     key=["q_bucket", "kv_bucket", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": runtime.prune_by_shared_memory},
+    prune_configs_by={"early_config_prune": _PRUNE},
 )
 @triton.jit(do_not_specialize=["batch", "q_len", "kv_len", "q_bucket", "kv_bucket"])
 def alibi_bwd_dkdv(
@@ -578,6 +741,11 @@ def alibi_bwd_dkdv(
     stride_dvn,
     p_slopes,
     p_slopes_stride0,
+    SparseCols,
+    stride_sb,
+    stride_sh,
+    stride_sn,
+    stride_sc,
     batch,
     heads_q,
     heads_kv,
@@ -593,6 +761,9 @@ def alibi_bwd_dkdv(
     SCORE_GRAD_IS_ONE: tl.constexpr,
     HAS_MASK: tl.constexpr,
     TRACE: tl.constexpr,
+    BLOCK_SPARSE: tl.constexpr,
+    SPARSE_M: tl.constexpr,
+    SPARSE_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -630,20 +801,36 @@ def alibi_bwd_dkdv(
         q_head = Q + off_b * stride_qb + off_h * stride_qh
         do_head = DO + off_b * stride_dob + off_h * stride_doh
         row = (off_b * heads_q + off_h) * q_len
-        lo = -BIG
-        full_lo = -BIG
-        full_hi = BIG
-        hi = BIG
-        # kv <= q
-        lo = tl.maximum(lo, first_kv)
-        full_lo = tl.maximum(full_lo, last_kv)
-        lo, full_lo, full_hi, hi = _tile_ranges(
-            lo, full_lo, full_hi, hi, kv_len - q_len, kv_len, BLOCK_M
-        )
         trace_stride = tl.cdiv(kv_len, BLOCK_N)
         trace = Trace + (off_b * heads_q + off_h) * tl.cdiv(q_len, BLOCK_M) * trace_stride + pid_n
+        if BLOCK_SPARSE:  # the block mask's transposed lists for this key block
+            lists = (
+                SparseCols
+                + off_b * stride_sb
+                + off_h * stride_sh
+                + (pid_n * BLOCK_N // SPARSE_N) * stride_sn
+            )
+        else:
+            lo = -BIG
+            full_lo = -BIG
+            full_hi = BIG
+            hi = BIG
+            # kv <= q
+            lo = tl.maximum(lo, first_kv)
+            full_lo = tl.maximum(full_lo, last_kv)
+            lo, full_lo, full_hi, hi = _tile_ranges(
+                lo, full_lo, full_hi, hi, kv_len - q_len, kv_len, BLOCK_M
+            )
+            blocks = Q  # unused
         for i in tl.static_range(3):
-            if i == 0:
+            if BLOCK_SPARSE:  # i = 0: the PARTIAL blocks' list, 1: the FULL blocks', 2: none
+                blocks = lists + i * stride_sc + 1
+                start = 0
+                if i < 2:
+                    end = tl.load(lists + i * stride_sc) * SPARSE_M
+                else:
+                    end = 0
+            elif i == 0:
                 start = lo
                 end = full_lo
             elif i == 1:
@@ -682,6 +869,7 @@ def alibi_bwd_dkdv(
                 end,
                 trace,
                 trace_stride,
+                blocks,
                 PRECISION,
                 SCORE_IS_IDENTITY,
                 SCORE_GRAD_IS_ONE,
@@ -689,7 +877,9 @@ def alibi_bwd_dkdv(
                 i != 1,
                 HEAD_DIM == BLOCK_D,
                 TRACE,
+                BLOCK_SPARSE,
                 BLOCK_M,
+                SPARSE_M,
             )
 
     dk = dk * scale
@@ -743,6 +933,7 @@ def _alibi_bwd_dq_tiles(
     offs_n,
     d_valid,
     trace,
+    blocks,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     SCORE_GRAD_IS_ONE: tl.constexpr,
@@ -750,14 +941,21 @@ def _alibi_bwd_dq_tiles(
     PARTIAL: tl.constexpr,
     EVEN_D: tl.constexpr,
     TRACE: tl.constexpr,
+    LISTED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    SPARSE_N: tl.constexpr,
 ):
-    """dQ (and param-gradient) contributions of key tiles [start, end)."""
-    for start_n in range(start, end, BLOCK_N):
+    """dQ (and param-gradient) contributions of key tiles [start, end) (LISTED: as in the
+    forward's tile loop)."""
+    for t in range(start, end, BLOCK_N):
+        if LISTED:
+            start_n = tl.load(blocks + t // SPARSE_N) * SPARSE_N + t % SPARSE_N
+        else:
+            start_n = t
         kv_pos = start_n + offs_n
         if TRACE:
-            tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL)
+            tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL, mask=start_n < kv_len)
         if PARTIAL:
             n_valid = kv_pos < kv_len
             k = tl.load(
@@ -815,7 +1013,7 @@ def _alibi_bwd_dq_tiles(
 @triton.autotune(
     configs=_BWD_CONFIGS,
     key=["q_bucket", "kv_bucket", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": runtime.prune_by_shared_memory},
+    prune_configs_by={"early_config_prune": _PRUNE},
     reset_to_zero=[
         "G0",
     ],
@@ -849,6 +1047,11 @@ def alibi_bwd_dq(
     p_slopes_stride0,
     G0,
     G0_numel,
+    SparseRows,
+    stride_sb,
+    stride_sh,
+    stride_sm,
+    stride_sc,
     grad_rows,
     batch,
     heads_q,
@@ -865,6 +1068,9 @@ def alibi_bwd_dq(
     SCORE_GRAD_IS_ONE: tl.constexpr,
     HAS_MASK: tl.constexpr,
     TRACE: tl.constexpr,
+    BLOCK_SPARSE: tl.constexpr,
+    SPARSE_M: tl.constexpr,
+    SPARSE_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -901,23 +1107,38 @@ def alibi_bwd_dq(
     k_base = K + off_b * stride_kb + off_hkv * stride_kh + offs_d[:, None]
     v_base = V + off_b * stride_vb + off_hkv * stride_vh + offs_d[:, None]
 
-    # the forward's key ranges: PARTIAL [lo, full_lo), FULL [full_lo, full_hi), PARTIAL [full_hi, hi)
-    first_q = pid_m * BLOCK_M + (kv_len - q_len)
-    last_q = tl.minimum(first_q + BLOCK_M - 1, kv_len - 1)
-    lo = -BIG
-    full_lo = -BIG
-    full_hi = BIG
-    hi = BIG
-    # kv <= q
-    full_hi = tl.minimum(full_hi, first_q + 1)
-    hi = tl.minimum(hi, last_q + 1)
-    lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
     trace = Trace + (pid_bh * tl.cdiv(q_len, BLOCK_M) + pid_m) * tl.cdiv(kv_len, BLOCK_N)
-
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     g0 = 0.0
+    if BLOCK_SPARSE:  # the forward's block-mask lists
+        lists = (
+            SparseRows
+            + off_b * stride_sb
+            + off_h * stride_sh
+            + (pid_m * BLOCK_M // SPARSE_M) * stride_sm
+        )
+    else:
+        # the forward's key ranges: PARTIAL [lo, full_lo), FULL [full_lo, full_hi), PARTIAL [full_hi, hi)
+        first_q = pid_m * BLOCK_M + (kv_len - q_len)
+        last_q = tl.minimum(first_q + BLOCK_M - 1, kv_len - 1)
+        lo = -BIG
+        full_lo = -BIG
+        full_hi = BIG
+        hi = BIG
+        # kv <= q
+        full_hi = tl.minimum(full_hi, first_q + 1)
+        hi = tl.minimum(hi, last_q + 1)
+        lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
+        blocks = Q  # unused
     for i in tl.static_range(3):
-        if i == 0:
+        if BLOCK_SPARSE:  # i = 0: the PARTIAL blocks' list, 1: the FULL blocks', 2: none
+            blocks = lists + i * stride_sc + 1
+            start = 0
+            if i < 2:
+                end = tl.load(lists + i * stride_sc) * SPARSE_N
+            else:
+                end = 0
+        elif i == 0:
             start = lo
             end = full_lo
         elif i == 1:
@@ -955,6 +1176,7 @@ def alibi_bwd_dq(
             offs_n,
             d_valid,
             trace,
+            blocks,
             PRECISION,
             SCORE_IS_IDENTITY,
             SCORE_GRAD_IS_ONE,
@@ -962,8 +1184,10 @@ def alibi_bwd_dq(
             i != 1,
             HEAD_DIM == BLOCK_D,
             TRACE,
+            BLOCK_SPARSE,
             BLOCK_M,
             BLOCK_N,
+            SPARSE_N,
         )
 
     dq = dq * scale
@@ -998,7 +1222,7 @@ def alibi_bwd_dq(
 @triton.autotune(
     configs=_DECODE_CONFIGS,
     key=["rows_bucket", "kv_bucket", "HEAD_DIM", "PAGED"],
-    prune_configs_by={"early_config_prune": runtime.prune_by_shared_memory},
+    prune_configs_by={"early_config_prune": _PRUNE},
 )
 @triton.jit(
     do_not_specialize=[
@@ -1159,6 +1383,7 @@ def alibi_decode_kernel(
             page_size,
             stride_kb,
             stride_vb,
+            pages,
             PRECISION,
             SCORE_IS_IDENTITY,
             HAS_MASK,
@@ -1166,6 +1391,8 @@ def alibi_decode_kernel(
             HEAD_DIM == BLOCK_D,
             TRACE,
             PAGED,
+            False,
+            BLOCK_N,
             BLOCK_N,
         )
 
@@ -1234,7 +1461,7 @@ def _launch(kernel, grid, args, flags, trace):
         )
 
 
-def _launch_fwd(q, k, v, scale, params, shapes, trace=None):
+def _launch_fwd(q, k, v, scale, params, shapes, sparse=(), block=(), trace=None):
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(
         (shapes.batch, shapes.heads_q, shapes.q_len), dtype=torch.float32, device=q.device
@@ -1258,6 +1485,7 @@ def _launch_fwd(q, k, v, scale, params, shapes, trace=None):
         params["slopes"],
         *params["slopes"].stride(),
         *_documents(params, shapes),
+        *runtime.sparse_args(sparse[0] if sparse else None, shapes, out),
         shapes.batch,
         shapes.heads_q,
         shapes.heads_kv,
@@ -1272,13 +1500,17 @@ def _launch_fwd(q, k, v, scale, params, shapes, trace=None):
         BLOCK_D=triton.next_power_of_2(shapes.head_dim),
         PRECISION=runtime.dot_precision(q.dtype),
         **FWD_FLAGS,
+        **runtime.sparse_flags(block),
     )
     _launch(alibi_fwd, grid, args, flags, trace)
     return out, lse
 
 
-def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes, trace=None):
-    """dq, dk, dv and {param: grad} for the params marked `grad`."""
+def _launch_bwd(
+    q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes, sparse=(), block=(), trace=None
+):
+    """dq, dk, dv and {param: grad} for the params marked `grad`; sparse: a block mask's lists
+    (key blocks per query block, query blocks per key block) of block sizes `block`."""
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     grad_rows = triton.cdiv(shapes.q_len, 16)  # partial-sum rows per (batch, head): BLOCK_M >= 16
@@ -1309,6 +1541,7 @@ def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes, tr
             BLOCK_D=triton.next_power_of_2(shapes.head_dim),
             PRECISION=runtime.dot_precision(q.dtype),
             **BWD_FLAGS,
+            **runtime.sparse_flags(block),
         )
         lengths = (
             shapes.batch,
@@ -1346,6 +1579,7 @@ def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes, tr
             *dk.stride()[:3],
             *dv.stride()[:3],
             *param_args,
+            *runtime.sparse_args(sparse[1] if sparse else None, shapes, dk),
             *lengths,
         ]
         _launch(alibi_bwd_dkdv, dkdv_grid, dkdv_args, common, trace)
@@ -1370,6 +1604,7 @@ def _launch_bwd(q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes, tr
             *dq.stride()[:3],
             *param_args,
             *grad_args,
+            *runtime.sparse_args(sparse[0] if sparse else None, shapes, dq),
             grad_rows,
             *lengths,
         ]
@@ -1601,13 +1836,24 @@ def _shapes_of(q, k):
     return runtime.Shapes(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3])
 
 
+# sparse: a block mask's lists (rows, cols) or none; block_rows, block_keys: its block sizes
 def _attention_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, params: list[torch.Tensor]
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    params: list[torch.Tensor],
+    sparse: list[torch.Tensor],
+    block_rows: int,
+    block_keys: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _launch_fwd(q, k, v, scale, dict(zip(_PARAM_NAMES, params)), _shapes_of(q, k))
+    block = (block_rows, block_keys) if sparse else ()
+    return _launch_fwd(
+        q, k, v, scale, dict(zip(_PARAM_NAMES, params)), _shapes_of(q, k), sparse, block
+    )
 
 
-def _attention_fwd_fake(q, k, v, scale, params):
+def _attention_fwd_fake(q, k, v, scale, params, sparse, block_rows, block_keys):
     lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
     return torch.empty(q.shape, dtype=q.dtype, device=q.device), lse
 
@@ -1622,15 +1868,21 @@ def _attention_bwd(
     grad_lse: torch.Tensor | None,
     scale: float,
     params: list[torch.Tensor],
+    sparse: list[torch.Tensor],
+    block_rows: int,
+    block_keys: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     named = dict(zip(_PARAM_NAMES, params))
+    block = (block_rows, block_keys) if sparse else ()
     dq, dk, dv, grads = _launch_bwd(
-        q, k, v, out, lse, grad_out, grad_lse, scale, named, _shapes_of(q, k)
+        q, k, v, out, lse, grad_out, grad_lse, scale, named, _shapes_of(q, k), sparse, block
     )
     return dq, dk, dv, [grads[name] for name in _GRAD_PARAMS]
 
 
-def _attention_bwd_fake(q, k, v, out, lse, grad_out, grad_lse, scale, params):
+def _attention_bwd_fake(
+    q, k, v, out, lse, grad_out, grad_lse, scale, params, sparse, block_rows, block_keys
+):
     named = dict(zip(_PARAM_NAMES, params))
     grads = [
         torch.empty(named[n].shape, dtype=named[n].dtype, device=q.device) for n in _GRAD_PARAMS
@@ -1639,24 +1891,27 @@ def _attention_bwd_fake(q, k, v, out, lse, grad_out, grad_lse, scale, params):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, scale, params = inputs
-    ctx.save_for_backward(q, k, v, *output, *params)
-    ctx.scale = scale
+    q, k, v, scale, params, sparse, block_rows, block_keys = inputs
+    ctx.save_for_backward(q, k, v, *output, *sparse, *params)
+    ctx.scale, ctx.sparse, ctx.block = scale, len(sparse), (block_rows, block_keys)
 
 
 def _gradients(bwd, ctx, grad_out, grad_lse):
     """dq, dk, dv and one gradient (or None) per param, from `bwd` (the op or its implementation)."""
-    q, k, v, out, lse, *params = ctx.saved_tensors
+    q, k, v, out, lse, *rest = ctx.saved_tensors
+    sparse, params = rest[: ctx.sparse], rest[ctx.sparse :]
     grad_out = grad_out if grad_out is not None else torch.zeros_like(out)
     grad_lse = grad_lse.float().contiguous() if grad_lse is not None else None
-    dq, dk, dv, grads = bwd(q, k, v, out, lse, grad_out, grad_lse, ctx.scale, params)
+    dq, dk, dv, grads = bwd(
+        q, k, v, out, lse, grad_out, grad_lse, ctx.scale, params, sparse, *ctx.block
+    )
     by_name = dict(zip(_GRAD_PARAMS, grads))
     return dq, dk, dv, [by_name.get(name) for name in _PARAM_NAMES]
 
 
 def _backward(ctx, grad_out, grad_lse):
     dq, dk, dv, grads = _gradients(_BWD_OP, ctx, grad_out, grad_lse)
-    return dq, dk, dv, None, grads
+    return dq, dk, dv, None, grads, [None] * ctx.sparse, None, None
 
 
 def _register():
@@ -1678,16 +1933,16 @@ class _EagerAttention(torch.autograd.Function):
     ops, which torch.compile and export trace) through a plain autograd.Function."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, *params):
-        output = _attention_fwd(q, k, v, scale, list(params))
-        _setup_context(ctx, (q, k, v, scale, params), output)
+    def forward(ctx, q, k, v, scale, sparse, block_rows, block_keys, *params):
+        output = _attention_fwd(q, k, v, scale, list(params), sparse, block_rows, block_keys)
+        _setup_context(ctx, (q, k, v, scale, params, sparse, block_rows, block_keys), output)
         return output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_lse):
         dq, dk, dv, grads = _gradients(_attention_bwd, ctx, grad_out, grad_lse)
-        return dq, dk, dv, None, *grads
+        return dq, dk, dv, None, None, None, None, *grads
 
 
 _DECODE_OP = runtime.registered_op(_OP + "_decode")
@@ -1701,25 +1956,32 @@ def _prepare(q, k, v, params):
     return shapes, runtime.check_params(NAME, PARAMS, params, shapes, q.device)
 
 
-def alibi(q, k, v, *, scale=None, return_lse=False, deterministic=False, **params):
+def alibi(q, k, v, *, scale=None, return_lse=False, deterministic=False, block_mask=None, **params):
     """Attention `alibi` (see the module docstring); params: slopes: f32[H] grad.
 
     deterministic=True gives bitwise-identical gradients run to run (dq, dk, dv never use atomics;
     gradients of params read at positions that vary over a tile do, and then raise NYI).
+    block_mask: from block_mask(...) for these shapes and mask params: visit only its blocks.
     """
     shapes, tensors = _prepare(q, k, v, params)
+    sparse, (block_rows, block_keys) = runtime.check_block_mask(
+        NAME, block_mask, SPEC_HASH, shapes, q.device, params
+    )
     if deterministic:
         runtime.check_deterministic(NAME, GRAD_TERMS, PARAMS, tensors)
     scale = runtime.default_scale(scale, shapes.head_dim)
     if runtime.plain_eager(q):  # the same kernels without the custom op's dispatch (host time)
-        out, lse = _EagerAttention.apply(q, k, v, scale, *tensors.values())
+        out, lse = _EagerAttention.apply(
+            q, k, v, scale, sparse, block_rows, block_keys, *tensors.values()
+        )
     else:
-        out, lse = _FWD_OP(q, k, v, scale, list(tensors.values()))
+        out, lse = _FWD_OP(q, k, v, scale, list(tensors.values()), sparse, block_rows, block_keys)
     return (out, lse) if return_lse else out
 
 
-def trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params):
-    """Debugging: the tiles `kernel` ("fwd", "dq" or "dkdv") visits, run with fixed block sizes.
+def trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, block_mask=None, **params):
+    """Debugging: the tiles `kernel` ("fwd", "dq" or "dkdv") visits, run with fixed block sizes
+    (with block_mask: the tiles of its listed blocks; its block sizes must be multiples of them).
 
     Returns int8 [B, Hq, cdiv(q_len, block_m), cdiv(kv_len, block_n)]: 0 skipped (EMPTY),
     1 PARTIAL (bounds and mask checked), 2 FULL (no mask math); kernel="all" returns
@@ -1734,6 +1996,13 @@ def trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params):
         if size not in (16, 32, 64, 128):
             raise ValueError(f"{NAME}.trace_tiles: {arg} must be 16, 32, 64 or 128, got {size!r}")
     shapes, tensors = _prepare(q, k, v, params)
+    sparse, block = runtime.check_block_mask(NAME, block_mask, SPEC_HASH, shapes, q.device, params)
+    block = block if sparse else ()
+    if block and (block[0] % block_m or block[1] % block_n):
+        raise ValueError(
+            f"{NAME}.trace_tiles: block_m and block_n must divide the block mask's "
+            f"blocks {tuple(block)}, got {block_m} and {block_n}"
+        )
     scale = runtime.default_scale(None, shapes.head_dim)
     tiles = (
         shapes.batch,
@@ -1743,7 +2012,21 @@ def trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, **params):
     )
     trace = dict(block_m=block_m, block_n=block_n)
     trace.update({name: torch.zeros(tiles, dtype=torch.int8, device=q.device) for name in kernels})
-    out, lse = _launch_fwd(q, k, v, scale, tensors, shapes, trace)
+    out, lse = _launch_fwd(q, k, v, scale, tensors, shapes, sparse, block, trace)
     if kernel != "fwd":
-        _launch_bwd(q, k, v, out, lse, torch.ones_like(out), None, scale, tensors, shapes, trace)
+        _launch_bwd(
+            q,
+            k,
+            v,
+            out,
+            lse,
+            torch.ones_like(out),
+            None,
+            scale,
+            tensors,
+            shapes,
+            sparse,
+            block,
+            trace,
+        )
     return {name: trace[name] for name in kernels} if kernel == "all" else trace[kernel]

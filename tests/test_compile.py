@@ -13,9 +13,10 @@ Default run (about two minutes on two cores; the full matrix about five):
 
 * the sm_90 sweep ``attngen compile examples/*.attn --arch 90 --dtype bf16 --head-dim 128``
   (a spec's own head dim where it has one): every kernel of every example -- forward, the
-  backward's preprocess / dK-dV / dQ, decode and its combine, and packed_docs'
-  ``_document_runs`` -- compiles, and every kernel with a matrix product uses wgmma (decode's
-  16-row tiles use mma.sync);
+  backward's preprocess / dK-dV / dQ, decode and its combine, packed_docs'
+  ``_document_runs``, the block-classes kernel and the forward and backward variants that read
+  a block mask -- compiles, and every kernel with a matrix product uses wgmma (decode's 16-row
+  tiles use mma.sync);
 * fp16 on sm_90 with wgmma: every kernel of ``llama`` at D=80 (a head dim that is not a power
   of two) and an inline spec with an integer power (forward, D=64);
 * D=16 (every kernel of ``llama4_chunked``, bf16), fp32 (llama forward, D=32, no wgmma needed)
@@ -93,8 +94,10 @@ def runs(tmp_path_factory, attngen_cache_dir):
         "sm80": ("examples/llama.attn", "--arch", "80", "--dtype", "bf16,fp16", "--head-dim",
                  "64", "--kernels", "fwd"),
         # 16-wide head dims once crashed ptxas in pipelined loops (runtime runs them unpipelined)
-        "d16": ("examples/llama4_chunked.attn", "--dtype", "bf16", "--head-dim", "16"),
-        "d80": ("examples/llama.attn", "--dtype", "fp16", "--head-dim", "80"),
+        "d16": ("examples/llama4_chunked.attn", "--dtype", "bf16", "--head-dim", "16",
+                "--kernels", "fwd,bwd,decode"),
+        "d80": ("examples/llama.attn", "--dtype", "fp16", "--head-dim", "80",
+                "--kernels", "fwd,bwd,decode"),
         "ipow": (str(tmp / "ipow.attn"), "--dtype", "fp16", "--head-dim", "64", "--kernels",
                  "fwd"),
     }
@@ -133,7 +136,8 @@ def test_sm90_sweep_succeeds(sm90_sweep):
 def _uses_matmul(kernel: str) -> bool:
     # the backward's preprocess (rowsum(dO * O)), the document-runs scan and the decode combine
     # have no matrix product; decode's 16-row tiles use mma.sync, not wgmma
-    return "preprocess" not in kernel and kernel != "_document_runs" and "_decode" not in kernel
+    return "preprocess" not in kernel and kernel != "_document_runs" and "_decode" not in kernel \
+        and not kernel.endswith("_block_classes")
 
 
 @pytest.mark.parametrize("path", EXAMPLE_PATHS, ids=lambda p: p.stem)
@@ -156,6 +160,10 @@ def test_sm90_each_example_uses_wgmma(sm90_sweep, path):
         expected.add("_document_runs")
     if "decode" in attention.kernels:
         expected |= {f"{attention.name}_decode_kernel", f"_{attention.name}_decode_combine"}
+    # the block-classes kernel and the variants reading a block mask's lists
+    expected |= {f"_{attention.name}_block_classes", f"{attention.name}_fwd_block_sparse"}
+    if "bwd" in attention.kernels:
+        expected |= {f"{attention.name}_bwd_dkdv_block_sparse", f"{attention.name}_bwd_dq_block_sparse"}
     assert kernels == expected
     for dtype in SWEEP_DTYPES:
         assert dtype in attention.dtypes

@@ -47,7 +47,17 @@ def _qkv(b, hq, hkv, m, n, d, requires_grad=False):
 def test_opcheck_forward_and_backward(name, params):
     module = _load(name).module
     q, k, v = _qkv(2, 4, 2, 17, 17, 16, requires_grad=True)
-    result = torch.library.opcheck(module._FWD_OP, (q, k, v, 0.25, params()))
+    result = torch.library.opcheck(module._FWD_OP, (q, k, v, 0.25, params(), [], 0, 0))
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
+def test_opcheck_with_a_block_mask():
+    module = _load("packed_docs").module
+    q, k, v = _qkv(2, 4, 2, 17, 17, 16, requires_grad=True)
+    ids = torch.tensor([[0] * 9 + [1] * 8] * 2, dtype=torch.int32, device=DEVICE)
+    mask = module.block_mask(2, 4, 17, 17, heads_kv=2, doc=ids)
+    result = torch.library.opcheck(module._FWD_OP, (q, k, v, 0.25, [ids], [mask.rows, mask.cols],
+                                                    *mask.block))
     assert set(result.values()) == {"SUCCESS"}, result
 
 
