@@ -280,7 +280,7 @@ def _scalar_param(op: str, p: ParamSpec, value: Any, device: torch.device) -> to
 
 
 def check_params(op: str, specs: Sequence[ParamSpec], given: dict[str, Any], shapes: Shapes,
-                 device: torch.device) -> dict[str, torch.Tensor]:
+                 device: torch.device, device_of: str = "q's device") -> dict[str, torch.Tensor]:
     """Validate call-time params against their declarations; return them as tensors on device."""
     declared = {p.name for p in specs}
     extra = sorted(set(given) - declared)
@@ -310,7 +310,7 @@ def check_params(op: str, specs: Sequence[ParamSpec], given: dict[str, Any], sha
             _fail(op, f"param {p.name} must have dtype {want_dtype} (declared {p.dtype}), got "
                       f"{value.dtype}")
         if value.device != device:
-            _fail(op, f"param {p.name} must be on q's device {device}, got {value.device}")
+            _fail(op, f"param {p.name} must be on {device_of} {device}, got {value.device}")
         out[p.name] = value
     return out
 
@@ -361,6 +361,14 @@ def _version(value: Any) -> int | None:
     return TensorMemo._version_of(value) if isinstance(value, torch.Tensor) else None
 
 
+def _snapshot(value: Any) -> torch.Tensor | None:
+    """A copy of a tensor whose in-place changes its version cannot reveal (an inference
+    tensor has no version counter), to compare contents with at each call."""
+    if isinstance(value, torch.Tensor) and _version(value) is None:
+        return value.clone()
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class BlockMask:
     """The mask of one op classified per block for one set of shapes (``op.block_mask``):
@@ -377,13 +385,15 @@ class BlockMask:
     block: tuple[int, int]
     params: dict  # the mask params it was built from, with their tensors' versions
     versions: dict
+    snapshots: dict  # copies of those without a version (inference tensors)
 
     @classmethod
     def from_classes(cls, op: str, spec_hash: str, classes: torch.Tensor, shapes: Shapes,
                      block: tuple[int, int], params: dict) -> BlockMask:
         return cls(op, spec_hash, classes, _block_lists(classes),
                    _block_lists(classes.transpose(-1, -2)), shapes, block, dict(params),
-                   {name: _version(value) for name, value in params.items()})
+                   {name: _version(value) for name, value in params.items()},
+                   {name: _snapshot(value) for name, value in params.items()})
 
     @property
     def density(self) -> float:
@@ -422,7 +432,13 @@ def check_block_mask(op: str, block_mask: Any, spec_hash: str, shapes: Shapes,
         _fail(op, f"block_mask is on {block_mask.classes.device}, but q is on {device}")
     for name, built in block_mask.params.items():
         given = params.get(name)
-        if isinstance(built, torch.Tensor):
+        snapshot = block_mask.snapshots[name]
+        if isinstance(built, torch.Tensor) and snapshot is not None:
+            # no version to compare (inference tensor): compare contents, except while a CUDA
+            # graph is captured (no host sync there): then the same object must do
+            capturing = given.is_cuda and torch.cuda.is_current_stream_capturing()
+            same = given is built and (capturing or torch.equal(given, snapshot))
+        elif isinstance(built, torch.Tensor):
             same = given is built and _version(given) == block_mask.versions[name]
         else:
             same = not isinstance(given, torch.Tensor) and given == built
@@ -666,16 +682,17 @@ def check_deterministic(op: str, grad_terms, specs, tensors) -> None:
 
 
 def check_kernel_device(op: str, device: torch.device, interpreted: bool,
-                        dtype: torch.dtype | None = None) -> None:
+                        dtype: torch.dtype | None = None, what: str = "q, k and v") -> None:
     """CPU tensors need kernels built by the Triton interpreter, which is chosen at import, and
-    a dtype the interpreter computes correctly (its bf16 arithmetic is wrong: refuse it)."""
+    a dtype the interpreter computes correctly (its bf16 arithmetic is wrong: refuse it).
+    ``what``: the arguments that name the device, for the messages."""
     if device.type not in ("cuda", "cpu"):
-        _fail(op, f"q, k and v must be on a CUDA device or the CPU (through the Triton "
+        _fail(op, f"{what} must be on a CUDA device or the CPU (through the Triton "
                   f"interpreter), got {device}")
     if device.type == "cpu" and not interpreted:
-        _fail(op, "CPU tensors run through the Triton interpreter, but this process imported "
-                  "triton for the GPU; set TRITON_INTERPRET=1 before importing torch and triton, "
-                  "or move q, k, v and the params to a CUDA device")
+        _fail(op, f"CPU tensors run through the Triton interpreter, but this process imported "
+                  f"triton for the GPU; set TRITON_INTERPRET=1 before importing torch and "
+                  f"triton, or move {what} and the params to a CUDA device")
     if device.type == "cpu" and dtype == torch.bfloat16:
         _fail(op, "bf16 tensors on the CPU: the Triton interpreter, which runs CPU calls, "
                   "computes bf16 wrongly; expected torch.float32 or torch.float16 on the CPU "

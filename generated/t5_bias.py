@@ -501,9 +501,14 @@ def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device
             (v.device for v in params.values() if isinstance(v, torch.Tensor)), None
         ) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
-    runtime.check_kernel_device(NAME, device, _INTERPRET, None)
+    runtime.check_kernel_device(NAME, device, _INTERPRET, None, what="block_mask's device")
     tensors = runtime.check_params(
-        NAME, [p for p in PARAMS if p.name in MASK_READS], params, shapes, device
+        NAME,
+        [p for p in PARAMS if p.name in MASK_READS],
+        params,
+        shapes,
+        device,
+        "block_mask's device",
     )
     mask_batch = shapes.batch if "b" in MASK_READS else 1
     mask_heads = shapes.heads_q if {"h", "hkv"} & set(MASK_READS) else 1

@@ -513,10 +513,6 @@ def test_block_mask_of_other_params(ops, built, monkeypatch):
            "another param lanes")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: check_block_mask compares versions that are None for inference tensors "
-    "(runtime._version), so a mask param modified in place under torch.inference_mode is not "
-    "detected and the stale block mask silently skips now-kept blocks"))
 def test_block_mask_of_a_modified_inference_tensor(ops):
     op = ops["tablemask"]
     with torch.inference_mode():
