@@ -104,7 +104,10 @@ def spec_dims(op, quick: bool = False, head_dims: list[int] | None = None) -> li
 
 
 def correctness(out_dir: Path, only: set[str] | None, quick: bool = False,
-                head_dims: list[int] | None = None, gqa=None, name: str | None = None) -> list[dict]:
+                head_dims: list[int] | None = None, gqa=None, name: str | None = None,
+                dtypes: list[str] | None = None) -> list[dict]:
+    """The numerics matrix; dtypes given: each over the whole matrix (default: bf16 over the
+    whole matrix, fp16 over a slice)."""
     os.environ["ATTNGEN_AUTOTUNE"] = "0"  # one config per shape bucket keeps compiles bounded
     rows, gen = [], torch.Generator().manual_seed(0)
     t0 = saved = time.time()
@@ -114,12 +117,12 @@ def correctness(out_dir: Path, only: set[str] | None, quick: bool = False,
             continue
         dims = spec_dims(op, quick, head_dims)
         for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-            if dtype_name not in op.spec.dtypes:
+            if dtype_name not in op.spec.dtypes or (dtypes and dtype_name not in dtypes):
                 continue
             for (M, N) in QUICK_SHAPES if quick else SHAPES:
                 for (Hq, Hkv) in gqa or GQA:
                     for D in dims:
-                        if dtype == torch.float16 and ((Hq, Hkv) != (8, 2) or D not in (64, 256)):
+                        if not dtypes and dtype == torch.float16 and ((Hq, Hkv) != (8, 2) or D not in (64, 256)):
                             continue  # fp16: a slice; bf16 gets the whole matrix
                         case = dict(spec=op.name, dtype=dtype_name, M=M, N=N, Hq=Hq, Hkv=Hkv, D=D)
                         try:
@@ -670,6 +673,9 @@ def main():
                              "--numerics-only); specs with a fixed head_dim outside them skip")
     parser.add_argument("--gqa", default="",
                         help="comma list of Hq:Hkv (correctness; default 4:4,8:2,8:1)")
+    parser.add_argument("--dtypes", default="",
+                        help="comma list of bf16,fp16 (correctness): each over the whole matrix "
+                             "(default: bf16 whole, fp16 a slice)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="correctness, decode --numerics-only: one subprocess per (spec, "
                              "head dim), this many at a time; one merged JSON")
@@ -700,13 +706,15 @@ def main():
                 for d in spec_dims(op, args.quick, head_dims):
                     argv = ["correctness", "--specs", op.name, "--head-dims", str(d)]
                     argv += ["--quick"] * args.quick + (["--gqa", args.gqa] if args.gqa else [])
+                    argv += ["--dtypes", args.dtypes] if args.dtypes else []
                     shards.append((f"{op.name} D={d}", argv))
             rows, statuses = run_shards(shards, args.jobs, args.deadline)
             summary += ["shards:", *statuses]
             (out_dir / name).write_text(json.dumps({"meta": meta, "shards": statuses,
                                                     "rows": rows}, indent=1))
         else:
-            rows = correctness(out_dir, only, args.quick, head_dims or None, gqa, name)
+            rows = correctness(out_dir, only, args.quick, head_dims or None, gqa, name,
+                               [d for d in args.dtypes.split(",") if d] or None)
         summary.extend(correctness_summary(rows))
     if args.part in ("determinism", "all"):
         summary.extend(determinism())
