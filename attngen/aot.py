@@ -106,9 +106,11 @@ def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch:
         fn = obj.fn
         # the config the runtime would launch: the first from config_index on whose tiles fit
         decode_m = 16 if kernel.endswith("_decode_kernel") else None
+        role = "dkdv" if kernel.endswith("_bwd_dkdv") else "dq" if kernel.endswith("_bwd_dq") \
+            else "fwd"
         config = fit_shared_memory(obj.configs[config_index:], block_d, dtype.itemsize,
                                    SHARED_MEMORY_LIMITS.get(arch, SHARED_MEMORY_LIMITS[90]),
-                                   module.TILE_LOADS, decode_m)[0]
+                                   module.TILE_LOADS, decode_m, role)[0]
         flags = module.BWD_FLAGS if "_bwd_" in kernel else module.FWD_FLAGS
         if not kernel.endswith("_decode_kernel"):  # a block mask of 128 x 128 blocks, or none
             flags = dict(flags, **sparse_flags((128, 128) if variant else ()))

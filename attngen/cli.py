@@ -130,8 +130,9 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, 
     """Compile the kernels of spec FILES for a GPU target; no GPU needed.
 
     Fails if a kernel does not compile, needs more shared memory than the target has, or (an
-    fp16/bf16 kernel for sm_90) lacks wgmma. Each kernel uses the config the runtime would
-    launch first: its first autotune config whose tiles fit.
+    fp16/bf16 forward or backward kernel for sm_90) lacks wgmma; decode (16-64-row tiles) and
+    the helper kernels are exempt. Each kernel uses the config the runtime would launch first:
+    its first autotune config whose tiles fit.
 
     \b
     Example:
@@ -377,7 +378,7 @@ def bench(cases: str, impls: str, quick: bool, out_dir: str, name: str | None,
     Examples:
       attngen bench --quick                      # about 3 minutes on an H100
       attngen bench --cases causal,softcap --impls attngen,flex
-      attngen bench --from benchmarks/results/2026-11-22-h100-bench.json
+      attngen bench --from benchmarks/results/2026-11-22-h100-bench.json -o /tmp/bench
     """
     from pathlib import Path
 

@@ -331,6 +331,9 @@ def check_block_mask_shapes(op: str, batch: Any, heads: Any, heads_kv: Any, q_le
     return Shapes(batch, given["heads"], given["heads_kv"], q_len, kv_len, 0)
 
 
+MAX_SPARSE_BLOCK = 1024  # rows or keys per block: the classes kernel holds 16 x keys elements
+
+
 def sparse_block_sizes(op: str, block: Any, configs: Sequence) -> tuple[int, int]:
     """A block mask's (rows, keys) per block: every tile of the kernels (configs) must divide
     them, so that each tile lies in one block; default 128 each, or the largest tile."""
@@ -339,13 +342,79 @@ def sparse_block_sizes(op: str, block: Any, configs: Sequence) -> tuple[int, int
         return max(128, largest[0]), max(128, largest[1])
     sizes = (block, block) if isinstance(block, int) else block
     ok = isinstance(sizes, (tuple, list)) and len(sizes) == 2 and all(
-        isinstance(n, int) and not isinstance(n, bool) and n > 0 and n & (n - 1) == 0
-        and n % tile == 0 for n, tile in zip(sizes, largest))
+        isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_SPARSE_BLOCK
+        and n & (n - 1) == 0 and n % tile == 0 for n, tile in zip(sizes, largest))
     if not ok:
-        _fail(op, f"block_mask: block must be a power of two (or a pair: rows, keys) that is a "
-                  f"multiple of the kernels' largest tile, {largest[0]} rows x {largest[1]} "
-                  f"keys; got {block!r}")
+        _fail(op, f"block_mask: block must be a power of two up to {MAX_SPARSE_BLOCK} (or a "
+                  f"pair: rows, keys) that is a multiple of the kernels' largest tile, "
+                  f"{largest[0]} rows x {largest[1]} keys; got {block!r}")
     return tuple(sizes)
+
+
+def check_block_mask_device(op: str, device: Any) -> torch.device:
+    """block_mask's device argument as a torch.device that exists."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        _fail(op, f"block_mask: device must be a torch.device or a name such as 'cuda' or "
+                  f"'cpu', got {device!r}")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (
+            device.index is not None and device.index >= torch.cuda.device_count())):
+        _fail(op, f"block_mask: device {device} does not exist on this machine "
+                  f"({torch.cuda.device_count()} CUDA devices)")
+    return device
+
+
+def check_block_mask_size(op: str, shape: Sequence[int]) -> None:
+    """The kernels index a block mask's lists (batch, heads, blocks, 2, 1 + blocks) with int32
+    offsets."""
+    batch, heads, rows, cols = shape
+    if batch * heads * 2 * max(rows * (cols + 1), cols * (rows + 1)) >= 2**31:
+        _fail(op, f"block_mask: {rows} x {cols} blocks for {batch} x {heads} (batch, heads) need "
+                  f"lists past 2**31 entries; use larger blocks")
+
+
+MAX_SPARSE_BLOCK = 1024  # rows or keys per block: the classes kernel holds 16 x keys elements
+
+
+def sparse_block_sizes(op: str, block: Any, configs: Sequence) -> tuple[int, int]:
+    """A block mask's (rows, keys) per block: every tile of the kernels (configs) must divide
+    them, so that each tile lies in one block; default 128 each, or the largest tile."""
+    largest = tuple(max(c.kwargs.get(key, 16) for c in configs) for key in ("BLOCK_M", "BLOCK_N"))
+    if block is None:
+        return max(128, largest[0]), max(128, largest[1])
+    sizes = (block, block) if isinstance(block, int) else block
+    ok = isinstance(sizes, (tuple, list)) and len(sizes) == 2 and all(
+        isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_SPARSE_BLOCK
+        and n & (n - 1) == 0 and n % tile == 0 for n, tile in zip(sizes, largest))
+    if not ok:
+        _fail(op, f"block_mask: block must be a power of two up to {MAX_SPARSE_BLOCK} (or a "
+                  f"pair: rows, keys) that is a multiple of the kernels' largest tile, "
+                  f"{largest[0]} rows x {largest[1]} keys; got {block!r}")
+    return tuple(sizes)
+
+
+def check_block_mask_device(op: str, device: Any) -> torch.device:
+    """block_mask's device argument as a torch.device that exists."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        _fail(op, f"block_mask: device must be a torch.device or a name such as 'cuda' or "
+                  f"'cpu', got {device!r}")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (
+            device.index is not None and device.index >= torch.cuda.device_count())):
+        _fail(op, f"block_mask: device {device} does not exist on this machine "
+                  f"({torch.cuda.device_count()} CUDA devices)")
+    return device
+
+
+def check_block_mask_size(op: str, classes_shape: Sequence[int]) -> None:
+    """The kernels index a block mask's lists with int32 offsets."""
+    entries = math.prod(classes_shape[:-1]) * 2 * (classes_shape[-1] + 1)
+    if entries >= 2**31 or math.prod(classes_shape[:2]) * 2 * (classes_shape[2] + 1) \
+            * classes_shape[3] >= 2**31:
+        _fail(op, f"block_mask: {list(classes_shape)} blocks (batch, heads, query blocks, key "
+                  f"blocks) need lists past 2**31 entries; use larger blocks")
 
 
 def _block_lists(classes: torch.Tensor) -> torch.Tensor:
@@ -386,14 +455,15 @@ class BlockMask:
     params: dict  # the mask params it was built from, with their tensors' versions
     versions: dict
     snapshots: dict  # copies of those without a version (inference tensors)
+    reads: tuple  # what the mask reads (the module's MASK_READS)
 
     @classmethod
     def from_classes(cls, op: str, spec_hash: str, classes: torch.Tensor, shapes: Shapes,
-                     block: tuple[int, int], params: dict) -> BlockMask:
+                     block: tuple[int, int], params: dict, reads: Sequence[str]) -> BlockMask:
         return cls(op, spec_hash, classes, _block_lists(classes),
                    _block_lists(classes.transpose(-1, -2)), shapes, block, dict(params),
                    {name: _version(value) for name, value in params.items()},
-                   {name: _snapshot(value) for name, value in params.items()})
+                   {name: _snapshot(value) for name, value in params.items()}, tuple(reads))
 
     @property
     def density(self) -> float:
@@ -425,19 +495,23 @@ def check_block_mask(op: str, block_mask: Any, spec_hash: str, shapes: Shapes,
                              ("heads_kv", mine.heads_kv, theirs.heads_kv),
                              ("q_len", mine.q_len, theirs.q_len),
                              ("kv_len", mine.kv_len, theirs.kv_len)):
+        if name == "heads_kv" and "hkv" not in block_mask.reads:
+            continue  # the classes do not depend on it
         if have != want:
             _fail(op, f"block_mask was built for {name}={have}, but this call has {name}={want}; "
                       f"build one for these shapes")
     if block_mask.classes.device != device:
         _fail(op, f"block_mask is on {block_mask.classes.device}, but q is on {device}")
+    if torch.compiler.is_compiling():  # traced: tensors are proxies, versions are not values
+        return [block_mask.rows, block_mask.cols], block_mask.block
     for name, built in block_mask.params.items():
         given = params.get(name)
         snapshot = block_mask.snapshots[name]
         if isinstance(built, torch.Tensor) and snapshot is not None:
             # no version to compare (inference tensor): compare contents, except while a CUDA
             # graph is captured (no host sync there): then the same object must do
-            capturing = given.is_cuda and torch.cuda.is_current_stream_capturing()
-            same = given is built and (capturing or torch.equal(given, snapshot))
+            same = given is built and ((given.is_cuda and torch.cuda.is_current_stream_capturing())
+                                       or torch.equal(given, snapshot))
         elif isinstance(built, torch.Tensor):
             same = given is built and _version(given) == block_mask.versions[name]
         else:
@@ -623,14 +697,18 @@ SHARED_MEMORY_LIMITS = {90: 232448, 89: 101376, 86: 101376, 80: 166912}
 
 
 def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
-                      tile_loads: int = 0, block_m: int | None = None) -> list:
+                      tile_loads: int = 0, block_m: int | None = None,
+                      kernel: str = "fwd") -> list:
     """The configs whose tiles fit in ``limit`` bytes of shared memory, in order; if none does,
     the smallest shrunk (fewer stages first, then fewer keys) until it fits.
 
-    Estimate: the Q tile plus ``num_stages`` buffered K and V tiles in the inputs' dtype (elem
-    bytes), plus, per tile-shaped param read in the score or mask (``tile_loads``: a bias table
-    indexed by q and kv), ``num_stages - 1`` pipelined BLOCK_M x BLOCK_N buffers of 4 bytes.
-    ``block_m``: the query rows of configs without a BLOCK_M (decode fixes it per call).
+    Estimate, in the inputs' dtype (elem bytes): the tiles a program holds plus ``num_stages``
+    buffers of the tiles its loop streams: the forward and decode hold Q and stream K and V,
+    dK/dV (``kernel`` "dkdv") holds K and V and streams Q and dO (and fp32 LSE and Delta rows),
+    dQ ("dq") holds Q and dO and streams K and V; plus, per tile-shaped param read in the score
+    or mask (``tile_loads``: a bias table indexed by q and kv), ``num_stages - 1`` pipelined
+    BLOCK_M x BLOCK_N buffers of 4 bytes. ``block_m``: the query rows of configs without a
+    BLOCK_M (decode fixes it per call).
     """
     import triton
 
@@ -638,7 +716,12 @@ def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
 
     def estimate(c):
         m, n, stages = c.kwargs.get("BLOCK_M", block_m or 16), c.kwargs["BLOCK_N"], max(c.num_stages, 1)
-        return (m * block_d + 2 * stages * n * block_d) * elem + tile_loads * (stages - 1) * m * n * 4
+        held, streamed = {"dkdv": (2 * n, 2 * m), "dq": (2 * m, 2 * n)}.get(kernel, (m, 2 * n))
+        rows = 2 * stages * m * 4 if kernel == "dkdv" else 0  # LSE and Delta
+        # dQ: 32 more bytes per query row and tile load (measured on sm_90 for t5_bias)
+        scratch = tile_loads * 32 * m if kernel == "dq" else 0
+        return (held + stages * streamed) * block_d * elem + rows + scratch \
+            + tile_loads * (stages - 1) * m * n * 4
 
     kept = [c for c in configs if estimate(c) <= limit]
     if kept:
@@ -655,9 +738,9 @@ def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
     return [shrunk]
 
 
-def shared_memory_pruner(tile_loads: int):
+def shared_memory_pruner(tile_loads: int, kernel: str = "fwd"):
     """A kernel's ``early_config_prune``: drop configs whose tiles cannot fit in the device's
-    shared memory (``fit_shared_memory``), before compiling any of them."""
+    shared memory (``fit_shared_memory``: kernel fwd, dkdv or dq), before compiling any."""
 
     def prune(configs, named_args, **kwargs):
         q = named_args["Q"]
@@ -665,7 +748,7 @@ def shared_memory_pruner(tile_loads: int):
             return configs
         return fit_shared_memory(configs, kwargs.get("BLOCK_D", named_args.get("BLOCK_D")),
                                  q.element_size(), _shared_memory_limit(q.device.index or 0),
-                                 tile_loads, kwargs.get("BLOCK_M"))
+                                 tile_loads, kwargs.get("BLOCK_M"), kernel)
 
     return prune
 

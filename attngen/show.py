@@ -39,7 +39,8 @@ def _is_triton_function(node: ast.AST) -> bool:
 def _in_group(name: str, group: str, module_name: str) -> bool:
     if group == "all":
         return True
-    if group == "fwd" and name == "_document_runs":  # launched before the forward (documents)
+    # launched before the forward: document runs, a block mask's classes
+    if group == "fwd" and name in ("_document_runs", f"_{module_name}_block_classes"):
         return True
     return group in name.removeprefix("_").removeprefix(module_name).split("_")
 

@@ -6,6 +6,8 @@ every mask node this stage derives, in closed form, a `Range` of inner positions
 
     visit [lo, hi)           outside it the node is false for every outer position: EMPTY tiles
     full  [full_lo, full_hi)  inside it the node is true for every outer position: FULL tiles
+    gap   [gap_lo, gap_hi)    inside visit, false for every outer position: the space between
+                              the parts of a union that do not touch (sinks beside a window)
 
 and emits Triton statements that compute both per program (no tensors, no setup call). The kernel
 skips tiles outside `visit`, runs tiles inside `full` with no mask math and no bounds checks, and
@@ -17,7 +19,8 @@ evaluates the mask on the rest (PARTIAL). Rules:
     documents            T[b, q] == T[b, kv] with T of shape [B, KV]: the kernels read runs of
                          equal ids (`runs`, O(N), built per call by a small kernel); exact when
                          the ids never decrease, every tile PARTIAL when they do
-    & | !                intersection; union (hull when the parts do not touch); negation pushed
+    & | !                intersection; union (parts that do not touch leave a gap, which the
+                         kernels skip; one gap per mask, further ones visited); negation pushed
                          to the comparisons
     anything else        visit everything, nothing FULL (always correct)
 
@@ -52,6 +55,10 @@ class Range:
     # bounds above are where(some, BIG, -BIG) and where(every, BIG, -BIG))
     some: str | None = None
     every: str | None = None
+    # positions inside [lo, hi) that no outer position of the tile sees: the space between the
+    # two parts of a union that do not touch (attention sinks beside a window); None: no gap
+    gap_lo: str | None = None
+    gap_hi: str | None = None
 
 
 UNKNOWN = Range(full_empty=True)
@@ -75,7 +82,8 @@ TRANSPOSED = View("q", "kv", "first_kv", "last_kv")
 class Sparsity:
     """What the templates need: the range statements for both views and the document tables."""
 
-    key_range: str  # statements setting lo, full_lo, full_hi, hi (key positions) per query tile
+    key_range: str  # statements setting lo, full_lo, full_hi, hi, gap_lo, gap_hi (key positions)
+    # per query tile
     query_range: str  # the same (query positions) per key tile, for the dK/dV kernel
     documents: tuple[str, ...]  # params whose runs the kernels read (`doc_runs_T`, `doc_sorted_T`)
     exact: bool  # every node is one of the exact forms (the tests compare tiles for equality)
@@ -294,9 +302,10 @@ class _Analysis:
 
     # ---- combinations --------------------------------------------------------------------
     def both(self, a: Range, b: Range) -> Range:
+        gapped = a if a.gap_lo is not None else b  # one gap is kept: visiting more is correct
         return Range(_max(a.lo, b.lo, False), _min(a.hi, b.hi, False),
                      _max(a.full_lo, b.full_lo, False), _min(a.full_hi, b.full_hi, False),
-                     a.full_empty or b.full_empty)
+                     a.full_empty or b.full_empty, gap_lo=gapped.gap_lo, gap_hi=gapped.gap_hi)
 
     def either(self, a: Range, b: Range) -> Range:
         if a.some is not None or b.some is not None:  # a tile condition, or the other range
@@ -307,6 +316,12 @@ class _Analysis:
                          None if other.full_empty else pick(cond.every, "-", other.full_lo),
                          pick(cond.every, "", other.full_hi) if not other.full_empty else cond.full_hi)
         visit = dict(lo=_min(a.lo, b.lo, True), hi=_max(a.hi, b.hi, True))
+        if a.gap_lo is None and b.gap_lo is None:
+            # between the part that ends first and the part that starts last, when they do not
+            # overlap (the kernels check); parts with gaps of their own: the hull
+            gap_lo, gap_hi = _min(a.hi, b.hi, False), _max(a.lo, b.lo, False)
+            if gap_lo is not None and gap_hi is not None:
+                visit.update(gap_lo=gap_lo, gap_hi=gap_hi)
         if a.full_empty or b.full_empty:
             full = b if a.full_empty else a
             return Range(**visit, full_lo=full.full_lo, full_hi=full.full_hi,
@@ -315,11 +330,13 @@ class _Analysis:
             return Range(**visit, full_hi=_max(a.full_hi, b.full_hi, True))
         if a.full_hi is None and b.full_hi is None:
             return Range(**visit, full_lo=_min(a.full_lo, b.full_lo, True))
-        # general: the union when the two touch, else the longer one
+        # general: the union when the two touch, else the longer one (counted from position 0:
+        # sinks [-BIG, n) are short)
         a_lo, a_hi = a.full_lo or f"-{BIG}", a.full_hi or BIG
         b_lo, b_hi = b.full_lo or f"-{BIG}", b.full_hi or BIG
         touch = self.temp(f"tl.maximum({a_lo}, {b_lo}) <= tl.minimum({a_hi}, {b_hi})", "touch")
-        a_longer = self.temp(f"({a_hi}) - ({a_lo}) >= ({b_hi}) - ({b_lo})", "longer")
+        a_longer = self.temp(f"({a_hi}) - tl.maximum({a_lo}, 0) >= ({b_hi}) - tl.maximum({b_lo}, 0)",
+                             "longer")
         return Range(**visit,
                      full_lo=f"tl.where({touch}, tl.minimum({a_lo}, {b_lo}), "
                              f"tl.where({a_longer}, {a_lo}, {b_lo}))",
@@ -360,9 +377,11 @@ class _Analysis:
 
     # ---- statements ----------------------------------------------------------------------
     def statements(self, mask: ir.Expr) -> str:
-        """lo, full_lo, full_hi, hi: one update per top-level conjunct, with its spec text."""
-        self.lines += ["lo = -BIG", "full_lo = -BIG", "full_hi = BIG", "hi = BIG"]
-        full_empty = False
+        """lo, full_lo, full_hi, hi, gap_lo, gap_hi: one update per top-level conjunct, with its
+        spec text."""
+        self.lines += ["lo = -BIG", "full_lo = -BIG", "full_hi = BIG", "hi = BIG",
+                       "gap_lo = BIG", "gap_hi = -BIG"]
+        full_empty = gapped = False
         for conjunct in _conjuncts(mask):
             if isinstance(conjunct, ir.BoolLit) and conjunct.value:
                 continue
@@ -373,6 +392,9 @@ class _Analysis:
                 value = getattr(r, field)
                 if value is not None:
                     self.lines.append(f"{field} = tl.{fn}({field}, {value})")
+            if r.gap_lo is not None and not gapped:  # one gap is tracked: more are visited
+                self.lines += [f"gap_lo = {r.gap_lo}", f"gap_hi = {r.gap_hi}"]
+                gapped = True
             full_empty |= r.full_empty
         if full_empty:
             self.lines += ["# not every part of the mask has a closed form: no FULL tiles",

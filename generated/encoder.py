@@ -5,7 +5,7 @@
 # }
 """attngen op `encoder`: Triton kernels and a torch op for the spec above.
 
-    encoder(q, k, v, *, scale=None, return_lse=False)
+    encoder(q, k, v, *, scale=None, return_lse=False, deterministic=False, block_mask=None)
 
 q [B, Hq, M, D] and k, v [B, Hkv, N, D] (Hq a multiple of Hkv); returns out [B, Hq, M, D] and, with
 return_lse, the natural-log LSE [B, Hq, M] in fp32. CPU tensors run through the Triton interpreter.
@@ -41,7 +41,6 @@ _DECODE_CONFIGS = runtime.autotune_configs("decode", None, None, interpret=_INTE
 # tile-shaped param reads in the score and mask (e.g. a bias table indexed by q and kv): their
 # pipelined buffers count in the shared-memory estimate that prunes configs
 TILE_LOADS = 0
-_PRUNE = runtime.shared_memory_pruner(TILE_LOADS)
 _INTERPRET_TL = tl.constexpr(_INTERPRET)
 # constexpr flags of the forward kernel, fixed by the spec (see the kernel's notation block)
 FWD_FLAGS = dict(
@@ -114,6 +113,8 @@ def _documents(params, shapes):
 #   SCORE_IS_IDENTITY    the spec's score is `score`: log2(e) is folded into the scale
 #   HAS_MASK             the spec's mask is not `all`: evaluate it on PARTIAL tiles
 #   TRACE                debugging: record every visited tile's class in Trace (1 PARTIAL, 2 FULL)
+#   (a union whose parts do not touch, e.g. attention sinks beside a window, also leaves a gap
+#   [gap_lo, gap_hi) of EMPTY positions: the tiles below it are visited first, PARTIAL)
 #   BLOCK_SPARSE         a block mask was given (any mask: see block_mask below): visit the key
 #                        blocks its lists name, SPARSE_M x SPARSE_N positions each, instead of
 #                        the closed-form ranges; SPARSE_M and SPARSE_N are multiples of the tiles
@@ -144,6 +145,32 @@ def _tile_ranges(lo, full_lo, full_hi, hi, first, end, BLOCK: tl.constexpr):
     full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
     full_hi = tl.maximum(tl.minimum(full_hi, (hi // BLOCK) * BLOCK), full_lo)
     return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def _tile_start(t, blocks, LISTED: tl.constexpr, SPARSE: tl.constexpr):
+    """A tile loop's counter t -> the tile's first position: t, or (LISTED: a block mask's list)
+    position t of the listed blocks laid end to end, block i holding blocks[i] * SPARSE + [0,
+    SPARSE)."""
+    if LISTED:
+        return tl.load(blocks + t // SPARSE) * SPARSE + t % SPARSE
+    else:
+        return t
+
+
+@triton.jit
+def _split_at_gap(lo, hi, gap_lo, gap_hi, first, end, BLOCK: tl.constexpr):
+    """The analysis's gap [gap_lo, gap_hi): positions in [lo, hi) that no position of the tile
+    sees, between two parts of a union that do not touch (sinks beside a window). Returns the
+    part below the gap as a tile range [below_lo, below_hi) (PARTIAL) and where the rest starts
+    (a position); when no tile boundary separates the parts: nothing below, the rest from lo."""
+    below_lo, _, _, below_hi = _tile_ranges(lo, lo, lo, tl.minimum(gap_lo, hi), first, end, BLOCK)
+    rest = tl.maximum(lo, gap_hi)
+    rest_tile = ((tl.minimum(tl.maximum(rest, first), end) - first) // BLOCK) * BLOCK
+    split = tl.cdiv(below_hi, BLOCK) * BLOCK <= rest_tile
+    below_hi = tl.where(split, below_hi, 0)
+    below_lo = tl.where(split, below_lo, 0)
+    return below_lo, below_hi, tl.where(split, rest, lo)
 
 
 @triton.jit
@@ -189,13 +216,9 @@ def _encoder_fwd_tiles(
 ):
     """Online softmax over key tiles [start, end): PARTIAL tiles check bounds and the mask.
     PAGED (decode): key position p lives at row p % page_size of page pages[p // page_size].
-    LISTED (block mask): [start, end) counts positions of the listed blocks, block i holding
-    positions blocks[i] * SPARSE_N + [0, SPARSE_N)."""
+    LISTED (block mask): [start, end) counts positions of the listed blocks (_tile_start)."""
     for t in range(start, end, BLOCK_N):
-        if LISTED:
-            start_n = tl.load(blocks + t // SPARSE_N) * SPARSE_N + t % SPARSE_N
-        else:
-            start_n = t
+        start_n = _tile_start(t, blocks, LISTED, SPARSE_N)
         kv_pos = start_n + offs_n
         if TRACE:
             tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL, mask=start_n < kv_len)
@@ -243,7 +266,7 @@ def _encoder_fwd_tiles(
 @triton.autotune(
     configs=_FWD_CONFIGS,
     key=["q_bucket", "kv_bucket", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": _PRUNE},
+    prune_configs_by={"early_config_prune": runtime.shared_memory_pruner(TILE_LOADS)},
 )
 @triton.jit(do_not_specialize=["batch", "q_len", "kv_len", "q_bucket", "kv_bucket"])
 def encoder_fwd(
@@ -334,21 +357,28 @@ def encoder_fwd(
         full_lo = -BIG
         full_hi = BIG
         hi = BIG
+        gap_lo = BIG
+        gap_hi = -BIG
+        below_lo, below_hi, lo = _split_at_gap(lo, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N)
         lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
         blocks = Q  # unused
-    # PARTIAL tiles before the FULL ones (window edge), the FULL ones, PARTIAL ones after (diagonal)
-    for i in tl.static_range(3):
-        if BLOCK_SPARSE:  # i = 0: the PARTIAL blocks' list, 1: the FULL blocks', 2: none
-            blocks = lists + i * stride_sc + 1
+    # PARTIAL tiles below a gap (sinks), PARTIAL tiles before the FULL ones (window edge), the FULL
+    # ones, PARTIAL ones after (diagonal); a block mask: its PARTIAL list (i = 1), FULL list (2)
+    for i in tl.static_range(4):
+        if BLOCK_SPARSE:
+            blocks = lists + (i - 1) * stride_sc + 1
             start = 0
-            if i < 2:
-                end = tl.load(lists + i * stride_sc) * SPARSE_N
+            if (i == 1) or (i == 2):
+                end = tl.load(lists + (i - 1) * stride_sc) * SPARSE_N
             else:
                 end = 0
         elif i == 0:
+            start = below_lo
+            end = below_hi
+        elif i == 1:
             start = lo
             end = full_lo
-        elif i == 1:
+        elif i == 2:
             start = full_lo
             end = full_hi
         else:
@@ -386,7 +416,7 @@ def encoder_fwd(
             PRECISION,
             SCORE_IS_IDENTITY,
             HAS_MASK,
-            i != 1,
+            i != 2,
             HEAD_DIM == BLOCK_D,
             TRACE,
             False,
@@ -443,9 +473,12 @@ def _encoder_block_classes(
     full_lo = -BIG
     full_hi = BIG
     hi = BIG
+    gap_lo = BIG
+    gap_hi = -BIG
     first_kv = pid_n * SPARSE_N
     inside = (first_kv + SPARSE_N <= kv_len) & ((pid_m + 1) * SPARSE_M <= q_len)
-    if (tl.minimum(first_kv + SPARSE_N, kv_len) <= lo) | (first_kv >= hi):
+    end_kv = tl.minimum(first_kv + SPARSE_N, kv_len)
+    if (end_kv <= lo) | (first_kv >= hi) | ((first_kv >= gap_lo) & (end_kv <= gap_hi)):
         block_class = tl.zeros([], dtype=tl.int32)
     elif inside & (full_lo <= first_kv) & (first_kv + SPARSE_N <= full_hi):
         block_class = tl.full([], 2, dtype=tl.int32)
@@ -483,7 +516,7 @@ def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device
         device = next(
             (v.device for v in params.values() if isinstance(v, torch.Tensor)), None
         ) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    device = runtime.check_block_mask_device(NAME, device)
     runtime.check_kernel_device(NAME, device, _INTERPRET, None, what="block_mask's device")
     tensors = runtime.check_params(
         NAME,
@@ -496,6 +529,7 @@ def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device
     mask_batch = shapes.batch if "b" in MASK_READS else 1
     mask_heads = shapes.heads_q if {"h", "hkv"} & set(MASK_READS) else 1
     blocks = (triton.cdiv(q_len, sizes[0]), triton.cdiv(kv_len, sizes[1]))
+    runtime.check_block_mask_size(NAME, (mask_batch, mask_heads, *blocks))
     classes = torch.zeros((mask_batch, mask_heads, *blocks), dtype=torch.int8, device=device)
     if classes.numel():
         _encoder_block_classes[(blocks[1], blocks[0], mask_batch * mask_heads)](
@@ -511,7 +545,9 @@ def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device
             SPARSE_N=sizes[1],
             CHUNK_M=min(sizes[0], 16),
         )
-    return runtime.BlockMask.from_classes(NAME, SPEC_HASH, classes, shapes, sizes, params)
+    return runtime.BlockMask.from_classes(
+        NAME, SPEC_HASH, classes, shapes, sizes, params, MASK_READS
+    )
 
 
 # ---- backward kernels ----------------------------------------------------------------------------
@@ -625,10 +661,7 @@ def _encoder_bwd_dkdv_tiles(
     """dK, dV contributions of query tiles [start, end) of one query head (tiles transposed);
     LISTED: [start, end) counts rows of the listed query blocks (see the forward's tile loop)."""
     for t in range(start, end, BLOCK_M):
-        if LISTED:
-            start_m = tl.load(blocks + t // SPARSE_M) * SPARSE_M + t % SPARSE_M
-        else:
-            start_m = t
+        start_m = _tile_start(t, blocks, LISTED, SPARSE_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         if TRACE:
             tl.store(trace + (start_m // BLOCK_M) * trace_stride, 2 - PARTIAL, mask=start_m < q_len)
@@ -685,7 +718,7 @@ def _encoder_bwd_dkdv_tiles(
 @triton.autotune(
     configs=_BWD_CONFIGS,
     key=["q_bucket", "kv_bucket", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": _PRUNE},
+    prune_configs_by={"early_config_prune": runtime.shared_memory_pruner(TILE_LOADS, "dkdv")},
 )
 @triton.jit(do_not_specialize=["batch", "q_len", "kv_len", "q_bucket", "kv_bucket"])
 def encoder_bwd_dkdv(
@@ -790,22 +823,30 @@ def encoder_bwd_dkdv(
             full_lo = -BIG
             full_hi = BIG
             hi = BIG
+            gap_lo = BIG
+            gap_hi = -BIG
+            below_lo, below_hi, lo = _split_at_gap(
+                lo, hi, gap_lo, gap_hi, kv_len - q_len, kv_len, BLOCK_M
+            )
             lo, full_lo, full_hi, hi = _tile_ranges(
                 lo, full_lo, full_hi, hi, kv_len - q_len, kv_len, BLOCK_M
             )
             blocks = Q  # unused
-        for i in tl.static_range(3):
-            if BLOCK_SPARSE:  # i = 0: the PARTIAL blocks' list, 1: the FULL blocks', 2: none
-                blocks = lists + i * stride_sc + 1
+        for i in tl.static_range(4):  # the forward's phases (transposed)
+            if BLOCK_SPARSE:
+                blocks = lists + (i - 1) * stride_sc + 1
                 start = 0
-                if i < 2:
-                    end = tl.load(lists + i * stride_sc) * SPARSE_M
+                if (i == 1) or (i == 2):
+                    end = tl.load(lists + (i - 1) * stride_sc) * SPARSE_M
                 else:
                     end = 0
             elif i == 0:
+                start = below_lo
+                end = below_hi
+            elif i == 1:
                 start = lo
                 end = full_lo
-            elif i == 1:
+            elif i == 2:
                 start = full_lo
                 end = full_hi
             else:
@@ -844,7 +885,7 @@ def encoder_bwd_dkdv(
                 SCORE_IS_IDENTITY,
                 SCORE_GRAD_IS_ONE,
                 HAS_MASK,
-                i != 1,
+                i != 2,
                 HEAD_DIM == BLOCK_D,
                 TRACE,
                 BLOCK_SPARSE,
@@ -916,10 +957,7 @@ def _encoder_bwd_dq_tiles(
     """dQ (and param-gradient) contributions of key tiles [start, end) (LISTED: as in the
     forward's tile loop)."""
     for t in range(start, end, BLOCK_N):
-        if LISTED:
-            start_n = tl.load(blocks + t // SPARSE_N) * SPARSE_N + t % SPARSE_N
-        else:
-            start_n = t
+        start_n = _tile_start(t, blocks, LISTED, SPARSE_N)
         kv_pos = start_n + offs_n
         if TRACE:
             tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL, mask=start_n < kv_len)
@@ -967,7 +1005,7 @@ def _encoder_bwd_dq_tiles(
 @triton.autotune(
     configs=_BWD_CONFIGS,
     key=["q_bucket", "kv_bucket", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": _PRUNE},
+    prune_configs_by={"early_config_prune": runtime.shared_memory_pruner(TILE_LOADS, "dq")},
     reset_to_zero=[],
 )
 @triton.jit(do_not_specialize=["batch", "q_len", "kv_len", "q_bucket", "kv_bucket", "grad_rows"])
@@ -1072,20 +1110,26 @@ def encoder_bwd_dq(
         full_lo = -BIG
         full_hi = BIG
         hi = BIG
+        gap_lo = BIG
+        gap_hi = -BIG
+        below_lo, below_hi, lo = _split_at_gap(lo, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N)
         lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
         blocks = Q  # unused
-    for i in tl.static_range(3):
-        if BLOCK_SPARSE:  # i = 0: the PARTIAL blocks' list, 1: the FULL blocks', 2: none
-            blocks = lists + i * stride_sc + 1
+    for i in tl.static_range(4):  # the forward's phases
+        if BLOCK_SPARSE:
+            blocks = lists + (i - 1) * stride_sc + 1
             start = 0
-            if i < 2:
-                end = tl.load(lists + i * stride_sc) * SPARSE_N
+            if (i == 1) or (i == 2):
+                end = tl.load(lists + (i - 1) * stride_sc) * SPARSE_N
             else:
                 end = 0
         elif i == 0:
+            start = below_lo
+            end = below_hi
+        elif i == 1:
             start = lo
             end = full_lo
-        elif i == 1:
+        elif i == 2:
             start = full_lo
             end = full_hi
         else:
@@ -1122,7 +1166,7 @@ def encoder_bwd_dq(
             SCORE_IS_IDENTITY,
             SCORE_GRAD_IS_ONE,
             HAS_MASK,
-            i != 1,
+            i != 2,
             HEAD_DIM == BLOCK_D,
             TRACE,
             BLOCK_SPARSE,
@@ -1161,7 +1205,7 @@ def encoder_bwd_dq(
 @triton.autotune(
     configs=_DECODE_CONFIGS,
     key=["rows_bucket", "kv_bucket", "HEAD_DIM", "PAGED"],
-    prune_configs_by={"early_config_prune": _PRUNE},
+    prune_configs_by={"early_config_prune": runtime.shared_memory_pruner(TILE_LOADS)},
 )
 @triton.jit(
     do_not_specialize=[
@@ -1261,11 +1305,17 @@ def encoder_decode_kernel(
     full_lo = -BIG
     full_hi = BIG
     hi = BIG
+    gap_lo = BIG
+    gap_hi = -BIG
+    below_lo, below_hi, lo = _split_at_gap(lo, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N)
     lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
-    # this program's share of the visited tiles
-    per_split = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), splits) * BLOCK_N
-    split_lo = tl.minimum(lo + pid_s * per_split, hi)
-    split_hi = tl.minimum(split_lo + per_split, hi)
+    # this program's share of the visited tiles, numbered as one run: the tiles below a gap
+    # (sinks), then [lo, hi)
+    below = tl.cdiv(below_hi - below_lo, BLOCK_N) * BLOCK_N
+    tiles = below + hi - lo
+    per_split = tl.cdiv(tl.cdiv(tiles, BLOCK_N), splits) * BLOCK_N
+    split_lo = tl.minimum(pid_s * per_split, tiles)
+    split_hi = tl.minimum(split_lo + per_split, tiles)
     trace = Trace + pid_r * tl.cdiv(capacity, BLOCK_N)
 
     if SCORE_IS_IDENTITY:
@@ -1275,18 +1325,26 @@ def encoder_decode_kernel(
     m_i = tl.full([BLOCK_M], -INF, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for i in tl.static_range(3):
+    for i in tl.static_range(4):  # the forward's phases; shift: position - run number
         if i == 0:
+            start = below_lo
+            end = below_hi
+            shift = below_lo
+        elif i == 1:
             start = lo
             end = full_lo
-        elif i == 1:
+            shift = lo - below
+        elif i == 2:
             start = full_lo
             end = full_hi
+            shift = lo - below
         else:
             start = full_hi
             end = hi
-        start = tl.minimum(tl.maximum(start, split_lo), split_hi)
-        end = tl.minimum(tl.maximum(end, start), split_hi)
+            shift = lo - below
+        start = tl.minimum(tl.maximum(start - shift, split_lo), split_hi)
+        end = tl.minimum(tl.maximum(end - shift, start), split_hi) + shift
+        start += shift
         acc, l_i, m_i = _encoder_fwd_tiles(
             acc,
             l_i,
@@ -1319,7 +1377,7 @@ def encoder_decode_kernel(
             PRECISION,
             SCORE_IS_IDENTITY,
             HAS_MASK,
-            i != 1,
+            i != 2,
             HEAD_DIM == BLOCK_D,
             TRACE,
             PAGED,

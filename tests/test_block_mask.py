@@ -77,11 +77,18 @@ SPECS = {
     score  cap * tanh(score / cap)
     mask   (q // period) % 2 == (kv // period) % 2 & lanes[hkv, kv // 64] != 0
 }""",
+    # a closed form with a gap (sinks beside a window): the prefilter skips blocks inside it
+    "sinks": """attention sinks {
+    param  sink: i32
+    param  w: i32
+    mask   causal & (kv < sink | q - w <= kv)
+}""",
 }
 # what each mask reads (the generated module's MASK_READS): the batch / head dims of the classes
 MASK_READS = {"tablemask": ("h", "keep"), "batch_table": ("allowed", "b"), "stripes": (),
-              "packed_docs": ("b", "doc"), "gated": ("hkv", "lanes", "period")}
-PROPERTY_SPECS = ["tablemask", "batch_table", "stripes", "packed_docs"]
+              "packed_docs": ("b", "doc"), "gated": ("hkv", "lanes", "period"),
+              "sinks": ("sink", "w")}
+PROPERTY_SPECS = ["tablemask", "batch_table", "stripes", "packed_docs", "sinks"]
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +276,8 @@ def cases(draw, name):
         params["allowed"] = table((batch, 5, 5), density, seed, torch.bool)
     elif name == "packed_docs":
         params["doc"] = _document_ids(draw, batch, kv_len)
+    elif name == "sinks":
+        params.update(sink=draw(st.integers(0, 150)), w=draw(st.integers(0, 200)))
     return dict(batch=batch, heads_q=heads_q, heads_kv=heads_kv, q_len=q_len, kv_len=kv_len,
                 block=block, params=params, seed=seed)
 
@@ -310,7 +319,8 @@ def test_classes_broadcast_over_what_the_mask_does_not_read(ops, name):
               "packed_docs": {"doc": attngen.document_ids(torch.tensor([[0, 30, 90],
                                                                         [0, 5, 61]]), N)},
               "gated": {"period": 24, "lanes": torch.randint(0, 2, (Hkv, 4), generator=g,
-                                                             dtype=torch.int32)}}[name]
+                                                             dtype=torch.int32)},
+              "sinks": {"sink": 4, "w": 20}}[name]
     bm = ops[name].block_mask(B, Hq, M, N, heads_kv=Hkv, block=64, **params)
     call_params = dict(params, cap=20.0) if name == "gated" else params
     check_block_mask(ops[name], bm, _shapes(B, Hq, Hkv, M, N), (64, 64), call_params,
@@ -456,7 +466,6 @@ def _call(op, shape=(B, HQ, HKV, M, N), **kwargs):
 @pytest.mark.parametrize("name, shape, have, want", [
     ("batch", (1, HQ, HKV, M, N), 2, 1),
     ("heads", (B, 8, HKV, M, N), 4, 8),
-    ("heads_kv", (B, HQ, 4, M, N), 2, 4),
     ("q_len", (B, HQ, HKV, 49, N), 50, 49),
     ("kv_len", (B, HQ, HKV, M, 71), 70, 71),
 ])
@@ -468,6 +477,16 @@ def test_block_mask_for_other_shapes(ops, built, monkeypatch, name, shape, have,
     q, k, v = make_qkv(*shape, seed=0)
     raises(lambda: op.trace_tiles(q, k, v, block_mask=built["stripes"]), f"{name}={have}",
            f"{name}={want}")
+
+
+def test_heads_kv_matters_only_to_masks_that_read_hkv(ops, built, monkeypatch):
+    forbid_launches(monkeypatch, ops["stripes"], ops["gated"])
+    with pytest.raises(Launched):  # stripes does not read hkv: any GQA ratio of the same heads
+        _call(ops["stripes"], (B, HQ, 4, M, N), block_mask=built["stripes"])()
+    lanes = torch.ones(4, 4, dtype=torch.int32)
+    raises(_call(ops["gated"], (B, HQ, 4, M, N), block_mask=built["gated"], period=48,
+                 lanes=lanes, cap=3.0), "block_mask", "built for heads_kv=2",
+           "call has heads_kv=4")
 
 
 def test_block_mask_of_another_spec_or_type_or_device(ops, built, monkeypatch):
@@ -523,9 +542,11 @@ def test_block_mask_of_a_modified_inference_tensor(ops):
         q, k, v = make_qkv(1, 1, 1, 128, 128, seed=9)
         # without the ValueError, rows 64..127 come back fully masked (out 0, error ~0.7)
         raises(lambda: op(q, k, v, block_mask=bm, keep=keep), "param keep", "modified since")
+        # a Python number where the inference tensor was: the same error, not an AttributeError
+        raises(lambda: op(q, k, v, block_mask=bm, keep=1), "param keep")
 
 
-@pytest.mark.parametrize("block", [96, 32, 0, -64, (64, 96), (128, 32), (64,), (64, 64, 64),
+@pytest.mark.parametrize("block", [96, 32, 0, -64, 2048, (64, 96), (128, 32), (64,), (64, 64, 64),
                                    "64", 64.0, True, (64, True), {64: 64}])
 def test_bad_block(ops, monkeypatch, block):
     op = ops["stripes"]
@@ -549,6 +570,11 @@ def test_bad_device(ops, monkeypatch):
     op = ops["stripes"]
     forbid_launches(monkeypatch, op)
     raises(lambda: op.block_mask(B, HQ, M, N, heads_kv=HKV, device="meta"), "got meta")
+    raises(lambda: op.block_mask(B, HQ, M, N, heads_kv=HKV, device="gpu"), "device must be",
+           "'gpu'")
+    if not torch.cuda.is_available():
+        raises(lambda: op.block_mask(B, HQ, M, N, heads_kv=HKV, device="cuda"),
+               "device cuda does not exist")
 
 
 @pytest.mark.parametrize("change, fragments", [

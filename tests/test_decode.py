@@ -171,6 +171,7 @@ TRACE_SPECS = {
     "prefix": "attention p { param prefix: i32[B]\n mask causal | kv < prefix[b] }",
     "documents": "attention d { param doc: i32[B, KV]\n mask causal & document(doc) }",
     "head_window": "attention hw { param w: i32[H]\n mask causal & kv >= q - w[h] }",
+    "sinks": "attention s { mask causal & (kv < 4 | window(40, 0)) }",
 }
 
 
@@ -230,6 +231,19 @@ def test_window_over_long_cache_reads_the_window_only():
                                   num_splits=5)
     visited = (trace != testing.EMPTY).nonzero()[:, -1].tolist()
     assert visited == list(range(4096 // 16 - 5, 4096 // 16)), visited
+
+
+@pytest.mark.parametrize("splits", [1, 2, 5])
+def test_sinks_and_a_window_over_a_long_cache_skip_the_gap(splits):
+    # 4 sink keys and a window of 64: the sink tile, then the window's tiles, divided among the
+    # splits as one run (the gap between them is never read)
+    op = _load(TRACE_SPECS["sinks"].replace("window(40, 0)", "window(64, 0)"))
+    q, k, v, _ = _caches(1, 8, 1, 1, 4096, 16, torch.float32, 12)
+    trace = op.trace_decode_tiles(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), block_n=16,
+                                  num_splits=splits)
+    visited = (trace != testing.EMPTY).nonzero()[:, -1].tolist()
+    assert visited == [0] + list(range(4096 // 16 - 5, 4096 // 16)), visited
+    check_decode(op, q, k, v, None, {}, num_splits=splits)
 
 
 # ---- bad inputs ----------------------------------------------------------------------------
