@@ -72,6 +72,15 @@ BLOCK_SPARSE = "_block_sparse"  # a kernel name's suffix: its variant that reads
 GROUPS = ("fwd", "bwd", "decode", "block_mask")
 
 
+def expects_wgmma(kernel: str) -> bool:
+    """Whether an fp16/bf16 kernel compiled for sm_90 must use wgmma: the forward and backward
+    kernels. The preprocess, document-runs, block-classes and decode-combine kernels have no
+    matrix product; decode's tiles of 16-64 query rows are below a warpgroup MMA's 64 and use
+    mma.sync (it is memory-bound)."""
+    return "preprocess" not in kernel and kernel != "_document_runs" and "_decode" not in kernel \
+        and not kernel.endswith("_block_classes")
+
+
 def kernels_of(module, which: tuple[str, ...] = GROUPS) -> list[str]:
     """Names of the generated kernels of a module, in pipeline order (``which``: fwd, bwd,
     decode, block_mask; a group the spec does not build is skipped). The block_mask group is

@@ -110,14 +110,6 @@ def build(files: tuple[str, ...], out_dir: str, check_only: bool) -> None:
         click.echo(f"{len(seen)} generated module(s) up to date in {out_dir}")
 
 
-def _expects_wgmma(kernel: str) -> bool:
-    """The preprocess, document-runs, block-classes and decode-combine kernels have no matrix
-    product; decode's tiles of 16-64 query rows are below a warpgroup MMA's 64 and use mma.sync
-    (it is memory-bound)."""
-    return "preprocess" not in kernel and kernel != "_document_runs" and "_decode" not in kernel \
-        and not kernel.endswith("_block_classes")
-
-
 @main.command(name="compile")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--arch", default=90, show_default=True, help="CUDA compute capability, e.g. 90, 80.")
@@ -144,7 +136,7 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, 
     os.environ["TRITON_INTERPRET"] = "0"  # compiled, not interpreted, kernels (before triton loads)
     from pathlib import Path
 
-    from .aot import GROUPS, compile_kernel, kernels_of
+    from .aot import GROUPS, compile_kernel, expects_wgmma, kernels_of
     from .api import AttentionOp
     from .runtime import SHARED_MEMORY_LIMITS, SPEC_DTYPES
 
@@ -172,7 +164,7 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, 
                     failed = True
                     continue
                 missing = arch >= 90 and dtype != "fp32" and not k.uses_wgmma \
-                    and _expects_wgmma(kernel)
+                    and expects_wgmma(kernel)
                 limit = SHARED_MEMORY_LIMITS.get(arch)
                 too_big = limit is not None and k.shared_memory > limit
                 failed |= missing or too_big

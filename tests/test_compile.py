@@ -44,6 +44,8 @@ from attngen import runtime  # noqa: F401  before triton (selects the interprete
 pytest.importorskip("triton.backends.nvidia",
                     reason="Triton's NVIDIA backend is needed to compile for sm_80 / sm_90")
 
+from attngen.aot import expects_wgmma  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_PATHS = sorted((REPO / "examples").glob("*.attn"))
 EXAMPLE_ARGS = [f"examples/{p.name}" for p in EXAMPLE_PATHS]
@@ -133,13 +135,6 @@ def test_sm90_sweep_succeeds(sm90_sweep):
     assert not [ln for ln in lines if ln["missing"]]
 
 
-def _uses_matmul(kernel: str) -> bool:
-    # the backward's preprocess (rowsum(dO * O)), the document-runs scan and the decode combine
-    # have no matrix product; decode's 16-row tiles use mma.sync, not wgmma
-    return "preprocess" not in kernel and kernel != "_document_runs" and "_decode" not in kernel \
-        and not kernel.endswith("_block_classes")
-
-
 @pytest.mark.parametrize("path", EXAMPLE_PATHS, ids=lambda p: p.stem)
 def test_sm90_each_example_uses_wgmma(sm90_sweep, path):
     lines = sm90_sweep[3]
@@ -174,7 +169,7 @@ def test_sm90_each_example_uses_wgmma(sm90_sweep, path):
             for ln in got:
                 assert ln["arch"] == "90"
                 assert int(ln["smem"]) > 0 and int(ln["cubin"]) > 0
-                if _uses_matmul(ln["kernel"]):
+                if expects_wgmma(ln["kernel"]):
                     assert ln["wgmma"] == "yes", f"{ln['kernel']} {dtype} D={d}: no wgmma"
     assert {ln["dtype"] for ln in mine} == set(SWEEP_DTYPES)
     assert {int(ln["d"]) for ln in mine} == dims
@@ -214,7 +209,7 @@ def test_head_dim_not_a_power_of_two(runs):
         ["llama_fwd", "_llama_bwd_preprocess", "llama_bwd_dkdv", "llama_bwd_dq",
          "llama_decode_kernel", "_llama_decode_combine"])
     assert all(ln["dtype"] == "fp16" and ln["arch"] == "90" for ln in lines)
-    assert all(ln["wgmma"] == "yes" for ln in lines if _uses_matmul(ln["kernel"]))
+    assert all(ln["wgmma"] == "yes" for ln in lines if expects_wgmma(ln["kernel"]))
 
 
 def test_integer_power_compiles(runs):
