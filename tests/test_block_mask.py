@@ -37,6 +37,7 @@ import attngen
 from attngen import runtime  # noqa: F401  (before triton: selects the interpreter with no GPU)
 from attngen.reference import mask_grid
 from attngen.testing import EMPTY, FULL, PARTIAL, tile_classes
+from test_forward import _raises as raises  # ValueError with these fragments in its message
 
 EXAMPLES = int(os.environ.get("ATTNGEN_BLOCK_MASK_EXAMPLES", "3"))
 # no shrinking: every example runs kernels in the interpreter, and the messages print the case
@@ -429,15 +430,6 @@ def forbid_launches(monkeypatch, *ops):
         monkeypatch.setattr(op.module, "_launch_fwd", launch)
         monkeypatch.setattr(op.module, "_launch_bwd", launch)
         monkeypatch.setattr(op.module, f"_{op.name}_block_classes", _NoLaunch())
-
-
-def raises(fn, *fragments):
-    with pytest.raises(ValueError) as info:
-        fn()
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
 
 
 B, HQ, HKV, M, N = 2, 4, 2, 50, 70
