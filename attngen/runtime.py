@@ -374,49 +374,6 @@ def check_block_mask_size(op: str, shape: Sequence[int]) -> None:
                   f"lists past 2**31 entries; use larger blocks")
 
 
-MAX_SPARSE_BLOCK = 1024  # rows or keys per block: the classes kernel holds 16 x keys elements
-
-
-def sparse_block_sizes(op: str, block: Any, configs: Sequence) -> tuple[int, int]:
-    """A block mask's (rows, keys) per block: every tile of the kernels (configs) must divide
-    them, so that each tile lies in one block; default 128 each, or the largest tile."""
-    largest = tuple(max(c.kwargs.get(key, 16) for c in configs) for key in ("BLOCK_M", "BLOCK_N"))
-    if block is None:
-        return max(128, largest[0]), max(128, largest[1])
-    sizes = (block, block) if isinstance(block, int) else block
-    ok = isinstance(sizes, (tuple, list)) and len(sizes) == 2 and all(
-        isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_SPARSE_BLOCK
-        and n & (n - 1) == 0 and n % tile == 0 for n, tile in zip(sizes, largest))
-    if not ok:
-        _fail(op, f"block_mask: block must be a power of two up to {MAX_SPARSE_BLOCK} (or a "
-                  f"pair: rows, keys) that is a multiple of the kernels' largest tile, "
-                  f"{largest[0]} rows x {largest[1]} keys; got {block!r}")
-    return tuple(sizes)
-
-
-def check_block_mask_device(op: str, device: Any) -> torch.device:
-    """block_mask's device argument as a torch.device that exists."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        _fail(op, f"block_mask: device must be a torch.device or a name such as 'cuda' or "
-                  f"'cpu', got {device!r}")
-    if device.type == "cuda" and (not torch.cuda.is_available() or (
-            device.index is not None and device.index >= torch.cuda.device_count())):
-        _fail(op, f"block_mask: device {device} does not exist on this machine "
-                  f"({torch.cuda.device_count()} CUDA devices)")
-    return device
-
-
-def check_block_mask_size(op: str, classes_shape: Sequence[int]) -> None:
-    """The kernels index a block mask's lists with int32 offsets."""
-    entries = math.prod(classes_shape[:-1]) * 2 * (classes_shape[-1] + 1)
-    if entries >= 2**31 or math.prod(classes_shape[:2]) * 2 * (classes_shape[2] + 1) \
-            * classes_shape[3] >= 2**31:
-        _fail(op, f"block_mask: {list(classes_shape)} blocks (batch, heads, query blocks, key "
-                  f"blocks) need lists past 2**31 entries; use larger blocks")
-
-
 def _block_lists(classes: torch.Tensor) -> torch.Tensor:
     """Per row of block classes [..., blocks]: [..., 2, 1 + blocks] int32 holding, for PARTIAL
     and for FULL, the count of such blocks, then their indices in increasing order."""
