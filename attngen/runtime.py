@@ -518,15 +518,19 @@ def default_scale(scale: float | None, head_dim: int) -> float:
 
 
 # Default search spaces: (BLOCK_M, BLOCK_N, num_warps, num_stages), the first also the untuned
-# default. From sweeps on an H100 (bf16, D 128, causal 4k and full 16k: benchmarks/sweep.py):
-# the forward peaks at 128x128 tiles, 8 warps, 3 stages. The backward's two kernels share one
-# space (dK/dV tiles keys by BLOCK_N, dQ tiles queries by BLOCK_M): dK/dV prefers 32-64 queries
-# per step, dQ 64-128 rows.
+# default. From sweeps (bf16, D 128: benchmarks/sweep.py, exp A/B runs in benchmarks/results/):
+# the forward peaks at 128x128 tiles, 8 warps, 3 stages (64x64 on short loops: 8 documents).
+# The backward's two kernels get their own spaces (both read BLOCK_M as the query tile and
+# BLOCK_N as the key tile): dK/dV holds BLOCK_N keys and steps over 32-64 queries (64x64, 4 warps
+# on an H200 for causal and documents; 128-row query steps spill: 3-10x slower); dQ holds 64-128
+# queries and steps over 32-64 keys.
 DEFAULT_SPACES = {
     "fwd": ((128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (128, 64, 4, 2),
             (64, 32, 4, 2)),
-    "bwd": ((64, 64, 4, 2), (32, 64, 4, 2), (128, 64, 8, 3), (64, 128, 8, 2), (64, 32, 4, 3),
-            (32, 128, 8, 2), (128, 64, 8, 2), (64, 64, 8, 3)),
+    "bwd_dkdv": ((64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 3),
+                 (32, 64, 4, 3)),
+    "bwd_dq": ((128, 64, 8, 3), (64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 2), (128, 32, 8, 2),
+               (64, 64, 4, 3)),
     # decode streams K and V: deep pipelines over 64-128 keys; its BLOCK_M (the query heads of a
     # kv head times q_len) is fixed by the call, so the m entry is unused
     "decode": ((0, 64, 4, 3), (0, 128, 4, 3), (0, 64, 4, 4), (0, 128, 8, 3), (0, 32, 4, 4),

@@ -46,6 +46,14 @@ def mean_abs_error(x: torch.Tensor, golden: torch.Tensor) -> float:
     return (x[finite] - golden[finite]).abs().mean().item()
 
 
+def max_rel_error(x: torch.Tensor, golden: torch.Tensor, *, floor: float = 1e-30) -> float:
+    """max |x - golden| / max |golden| (at least floor), in float64 on the CPU; 0 when empty."""
+    if x.numel() == 0:
+        return 0.0
+    x, golden = x.detach().double().cpu(), golden.detach().double().cpu()
+    return ((x - golden).abs().max() / max(golden.abs().max().item(), floor)).item()
+
+
 def within_rule(kernel_err: float, reference_err: float, *, factor: float = 1.1,
                 floor: float = 1e-5) -> bool:
     return kernel_err <= factor * reference_err + floor

@@ -30,6 +30,20 @@ SPACES = {
 }
 
 
+def inputs(op, B: int, H: int, N: int, D: int):
+    """Random bf16 q, k, v (requiring grad) and params: ALiBi slopes as in the papers, 8 equal
+    documents for a `doc` table."""
+    gen = torch.Generator().manual_seed(0)
+    params = random_params(op.spec, B, H, H, N, N, "cuda", gen)
+    if "slopes" in params:
+        params["slopes"] = torch.exp2(-8.0 * (torch.arange(H, device="cuda") + 1) / H)
+    if "doc" in params:
+        params["doc"] = ((torch.arange(N, device="cuda") * 8) // N).to(torch.int32).expand(B, N)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    return q, k, v, params
+
+
 def configs(space: dict) -> list:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
             for m, n, w, s in itertools.product(space["m"], space["n"], space["warps"],
@@ -45,14 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     B, H, N, D = (int(x) for x in args.shape.split(","))
     op = attngen.load(args.spec)
-    gen = torch.Generator().manual_seed(0)
-    params = random_params(op.spec, B, H, H, N, N, "cuda", gen)
-    if "slopes" in params:
-        params["slopes"] = torch.exp2(-8.0 * (torch.arange(H, device="cuda") + 1) / H)
-    if "doc" in params:
-        params["doc"] = ((torch.arange(N, device="cuda") * 8) // N).to(torch.int32).expand(B, N)
-    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-               for _ in range(3))
+    q, k, v, params = inputs(op, B, H, N, D)
     wanted = args.kernels.split(",")
     kernels = {name: getattr(op.module, f"{op.name}_{name}") for name in wanted}
     for name, kernel in kernels.items():

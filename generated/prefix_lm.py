@@ -38,7 +38,9 @@ INF = tl.constexpr(float("inf"))
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 _FWD_CONFIGS = runtime.autotune_configs("fwd", None, None, interpret=_INTERPRET)
-_BWD_CONFIGS = runtime.autotune_configs("bwd", None, None, interpret=_INTERPRET)
+# the spec's `bwd` blocks or space apply to both backward kernels; their defaults differ
+_DKDV_CONFIGS = runtime.autotune_configs("bwd_dkdv", None, None, interpret=_INTERPRET)
+_DQ_CONFIGS = runtime.autotune_configs("bwd_dq", None, None, interpret=_INTERPRET)
 _DECODE_CONFIGS = runtime.autotune_configs("decode", None, None, interpret=_INTERPRET)
 # tile-shaped param reads in the score and mask (e.g. a bias table indexed by q and kv): their
 # pipelined buffers count in the shared-memory estimate that prunes configs
@@ -150,14 +152,28 @@ def _tile_ranges(lo, full_lo, full_hi, hi, first, end, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _tile_start(t, blocks, LISTED: tl.constexpr, SPARSE: tl.constexpr):
-    """A tile loop's counter t -> the tile's first position: t, or (LISTED: a block mask's list)
-    position t of the listed blocks laid end to end, block i holding blocks[i] * SPARSE + [0,
-    SPARSE)."""
+def _tile_start(
+    t, blocks, end_a, end_b, at_a, at_b, at_c, LISTED: tl.constexpr, SPARSE: tl.constexpr
+):
+    """A tile loop's counter t -> the tile's first position. The loop counts positions of up to
+    three runs laid end to end: [0, end_a) from position at_a, [end_a, end_b) from at_b, the rest
+    from at_c (_partial_runs; one run: end_a = end_b = BIG). LISTED (a block mask's list): run
+    position t of the listed blocks, block i holding blocks[i] * SPARSE + [0, SPARSE)."""
     if LISTED:
         return tl.load(blocks + t // SPARSE) * SPARSE + t % SPARSE
     else:
-        return t
+        start = tl.where(t < end_a, at_a + t, at_b + (t - end_a))
+        return tl.where(t < end_b, start, at_c + (t - end_b))
+
+
+@triton.jit
+def _partial_runs(below_lo, below_hi, lo, full_lo, full_hi, hi, BLOCK: tl.constexpr):
+    """The PARTIAL tiles as one loop: the tiles below a gap [below_lo, below_hi), those before
+    the FULL ones [lo, full_lo) and those after them [full_hi, hi), laid end to end. Returns the
+    loop's length and the runs' ends (positions counted from 0; see _tile_start)."""
+    end_a = tl.cdiv(below_hi - below_lo, BLOCK) * BLOCK
+    end_b = end_a + full_lo - lo
+    return end_b + tl.cdiv(hi - full_hi, BLOCK) * BLOCK, end_a, end_b
 
 
 @triton.jit
@@ -207,6 +223,11 @@ def _prefix_lm_fwd_tiles(
     stride_kp,
     stride_vp,
     blocks,
+    end_a,
+    end_b,
+    at_a,
+    at_b,
+    at_c,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     HAS_MASK: tl.constexpr,
@@ -218,11 +239,12 @@ def _prefix_lm_fwd_tiles(
     BLOCK_N: tl.constexpr,
     SPARSE_N: tl.constexpr,
 ):
-    """Online softmax over key tiles [start, end): PARTIAL tiles check bounds and the mask.
-    PAGED (decode): key position p lives at row p % page_size of page pages[p // page_size].
-    LISTED (block mask): [start, end) counts positions of the listed blocks (_tile_start)."""
+    """Online softmax over key tiles: the loop counts positions [start, end) of the runs that
+    _tile_start maps to tiles (LISTED: of a block mask's list). PARTIAL tiles check bounds and
+    the mask. PAGED (decode): key position p lives at row p % page_size of page
+    pages[p // page_size]."""
     for t in range(start, end, BLOCK_N):
-        start_n = _tile_start(t, blocks, LISTED, SPARSE_N)
+        start_n = _tile_start(t, blocks, end_a, end_b, at_a, at_b, at_c, LISTED, SPARSE_N)
         kv_pos = start_n + offs_n
         if TRACE:
             tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL, mask=start_n < kv_len)
@@ -322,7 +344,9 @@ def prefix_lm_fwd(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    # last query tiles first: under causal-like masks they see the most keys, so the light ones
+    # fill the final wave instead of leaving most of the GPU idle behind a few long programs
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = pid_bh // heads_q
     off_h = pid_bh % heads_q
@@ -358,6 +382,7 @@ def prefix_lm_fwd(
             + off_h * stride_sh
             + (pid_m * BLOCK_M // SPARSE_M) * stride_sm
         )
+        end_a, end_b, at_a, at_b, at_c = 0, 0, 0, 0, 0  # unused
     else:
         # key positions this query tile sees (positions first_q..last_q; see the notation block)
         first_q = pid_m * BLOCK_M + (kv_len - q_len)
@@ -375,29 +400,22 @@ def prefix_lm_fwd(
         hi = tl.minimum(hi, tl.maximum(last_q + 1, (tl.load(p_prefix + off_b * p_prefix_stride0))))
         below_lo, below_hi, lo = _split_at_gap(lo, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N)
         lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
+        partial, end_a, end_b = _partial_runs(below_lo, below_hi, lo, full_lo, full_hi, hi, BLOCK_N)
+        at_a, at_b, at_c = below_lo, lo, full_hi
         blocks = Q  # unused
-    # PARTIAL tiles below a gap (sinks), PARTIAL tiles before the FULL ones (window edge), the FULL
-    # ones, PARTIAL ones after (diagonal); a block mask: its PARTIAL list (i = 1), FULL list (2)
-    for i in tl.static_range(4):
+    # two loops: the PARTIAL tiles (below a gap (sinks), before the FULL ones (a window's edge),
+    # after them (the diagonal, the sequence's ragged end)) with mask math, then the FULL ones
+    # without; a block mask: its PARTIAL list, then its FULL list. (Every further loop costs
+    # registers that the compiler keeps across all of them: the backward spilled with four.)
+    for i in tl.static_range(2):
         if BLOCK_SPARSE:
-            blocks = lists + (i - 1) * stride_sc + 1
-            start = 0
-            if (i == 1) or (i == 2):
-                end = tl.load(lists + (i - 1) * stride_sc) * SPARSE_N
-            else:
-                end = 0
+            blocks = lists + i * stride_sc + 1
+            end = tl.load(lists + i * stride_sc) * SPARSE_N
         elif i == 0:
-            start = below_lo
-            end = below_hi
-        elif i == 1:
-            start = lo
-            end = full_lo
-        elif i == 2:
-            start = full_lo
-            end = full_hi
-        else:
-            start = full_hi
-            end = hi
+            end = partial
+        else:  # one run
+            end = full_hi - full_lo
+            end_a, end_b, at_a = BIG, BIG, full_lo
         acc, l_i, m_i = _prefix_lm_fwd_tiles(
             acc,
             l_i,
@@ -419,7 +437,7 @@ def prefix_lm_fwd(
             q_len,
             kv_len,
             qk_scale,
-            start,
+            0,
             end,
             offs_n,
             d_valid,
@@ -429,10 +447,15 @@ def prefix_lm_fwd(
             0,
             0,
             blocks,
+            end_a,
+            end_b,
+            at_a,
+            at_b,
+            at_c,
             PRECISION,
             SCORE_IS_IDENTITY,
             HAS_MASK,
-            i != 2,
+            i == 0,
             HEAD_DIM == BLOCK_D,
             TRACE,
             False,
@@ -535,7 +558,7 @@ def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device
     128, or the largest tile); params: the mask's params (prefix: i32[B]), the
     same objects the calls will pass; device: theirs, else CUDA when there is a GPU.
     """
-    sizes = runtime.sparse_block_sizes(NAME, block, (*_FWD_CONFIGS, *_BWD_CONFIGS))
+    sizes = runtime.sparse_block_sizes(NAME, block, (*_FWD_CONFIGS, *_DKDV_CONFIGS, *_DQ_CONFIGS))
     if heads_kv is None and "hkv" in MASK_READS:
         raise ValueError(f"{NAME}.block_mask: the mask reads hkv: pass heads_kv (the calls' Hkv)")
     shapes = runtime.check_block_mask_shapes(NAME, batch, heads, heads_kv, q_len, kv_len)
@@ -673,11 +696,15 @@ def _prefix_lm_bwd_dkdv_tiles(
     q_len,
     kv_len,
     scale,
-    start,
     end,
     trace,
     trace_stride,
     blocks,
+    end_a,
+    end_b,
+    at_a,
+    at_b,
+    at_c,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     SCORE_GRAD_IS_ONE: tl.constexpr,
@@ -689,40 +716,32 @@ def _prefix_lm_bwd_dkdv_tiles(
     BLOCK_M: tl.constexpr,
     SPARSE_M: tl.constexpr,
 ):
-    """dK, dV contributions of query tiles [start, end) of one query head (tiles transposed);
-    LISTED: [start, end) counts rows of the listed query blocks (see the forward's tile loop)."""
-    for t in range(start, end, BLOCK_M):
-        start_m = _tile_start(t, blocks, LISTED, SPARSE_M)
+    """dK, dV contributions of one query head's query tiles (tiles transposed): the loop counts
+    positions [0, end) of the runs _tile_start maps to tiles (see the forward's tile loop)."""
+    for t in range(0, end, BLOCK_M):
+        start_m = _tile_start(t, blocks, end_a, end_b, at_a, at_b, at_c, LISTED, SPARSE_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         if TRACE:
             tl.store(trace + (start_m // BLOCK_M) * trace_stride, 2 - PARTIAL, mask=start_m < q_len)
         q_pos = offs_m + (kv_len - q_len)
-        if PARTIAL:
+        if PARTIAL:  # rows past q_len read the last row (in bounds, finite) and are masked below:
+            # unmasked loads hold fewer registers (this kernel is the one that spills)
             m_valid = offs_m < q_len
-            io_mask = m_valid[:, None] & d_valid[None, :]
-            q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :], mask=io_mask, other=0.0)
-            do = tl.load(
-                DO + offs_m[:, None] * stride_dom + offs_d[None, :], mask=io_mask, other=0.0
-            )
-            lse = tl.load(Lse + offs_m, mask=m_valid, other=0.0)
-            delta = tl.load(Delta + offs_m, mask=m_valid, other=0.0)
+            rows = tl.minimum(offs_m, q_len - 1)
         else:
-            if EVEN_D:
-                q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :])
-                do = tl.load(DO + offs_m[:, None] * stride_dom + offs_d[None, :])
-            else:
-                q = tl.load(
-                    Q + offs_m[:, None] * stride_qm + offs_d[None, :],
-                    mask=d_valid[None, :],
-                    other=0.0,
-                )
-                do = tl.load(
-                    DO + offs_m[:, None] * stride_dom + offs_d[None, :],
-                    mask=d_valid[None, :],
-                    other=0.0,
-                )
-            lse = tl.load(Lse + offs_m)
-            delta = tl.load(Delta + offs_m)
+            rows = offs_m
+        if EVEN_D:
+            q = tl.load(Q + rows[:, None] * stride_qm + offs_d[None, :])
+            do = tl.load(DO + rows[:, None] * stride_dom + offs_d[None, :])
+        else:
+            q = tl.load(
+                Q + rows[:, None] * stride_qm + offs_d[None, :], mask=d_valid[None, :], other=0.0
+            )
+            do = tl.load(
+                DO + rows[:, None] * stride_dom + offs_d[None, :], mask=d_valid[None, :], other=0.0
+            )
+        lse = tl.load(Lse + rows)
+        delta = tl.load(Delta + rows)
         lse2 = tl.where(lse == -INF, 0.0, lse * LOG2E)
         if SCORE_IS_IDENTITY:  # log2(e) folded into the scale: one multiply per score
             s2 = tl.dot(k, tl.trans(q), input_precision=PRECISION) * (scale * LOG2E)
@@ -750,7 +769,7 @@ def _prefix_lm_bwd_dkdv_tiles(
 
 
 @triton.autotune(
-    configs=_BWD_CONFIGS,
+    configs=_DKDV_CONFIGS,
     key=["q_bucket", "kv_bucket", "HEAD_DIM"],
     prune_configs_by={"early_config_prune": runtime.shared_memory_pruner(TILE_LOADS, "dkdv")},
 )
@@ -854,6 +873,7 @@ def prefix_lm_bwd_dkdv(
                 + off_h * stride_sh
                 + (pid_n * BLOCK_N // SPARSE_N) * stride_sn
             )
+            end_a, end_b, at_a, at_b, at_c = 0, 0, 0, 0, 0  # unused
         else:
             lo = -BIG
             full_lo = -BIG
@@ -876,27 +896,20 @@ def prefix_lm_bwd_dkdv(
             lo, full_lo, full_hi, hi = _tile_ranges(
                 lo, full_lo, full_hi, hi, kv_len - q_len, kv_len, BLOCK_M
             )
+            partial, end_a, end_b = _partial_runs(
+                below_lo, below_hi, lo, full_lo, full_hi, hi, BLOCK_M
+            )
+            at_a, at_b, at_c = below_lo, lo, full_hi
             blocks = Q  # unused
-        for i in tl.static_range(4):  # the forward's phases (transposed)
+        for i in tl.static_range(2):  # the forward's two loops (transposed): PARTIAL, FULL
             if BLOCK_SPARSE:
-                blocks = lists + (i - 1) * stride_sc + 1
-                start = 0
-                if (i == 1) or (i == 2):
-                    end = tl.load(lists + (i - 1) * stride_sc) * SPARSE_M
-                else:
-                    end = 0
+                blocks = lists + i * stride_sc + 1
+                end = tl.load(lists + i * stride_sc) * SPARSE_M
             elif i == 0:
-                start = below_lo
-                end = below_hi
-            elif i == 1:
-                start = lo
-                end = full_lo
-            elif i == 2:
-                start = full_lo
-                end = full_hi
-            else:
-                start = full_hi
-                end = hi
+                end = partial
+            else:  # one run
+                end = full_hi - full_lo
+                end_a, end_b, at_a = BIG, BIG, full_lo
             dk, dv = _prefix_lm_bwd_dkdv_tiles(
                 dk,
                 dv,
@@ -923,16 +936,20 @@ def prefix_lm_bwd_dkdv(
                 q_len,
                 kv_len,
                 scale,
-                start,
                 end,
                 trace,
                 trace_stride,
                 blocks,
+                end_a,
+                end_b,
+                at_a,
+                at_b,
+                at_c,
                 PRECISION,
                 SCORE_IS_IDENTITY,
                 SCORE_GRAD_IS_ONE,
                 HAS_MASK,
-                i != 2,
+                i == 0,
                 HEAD_DIM == BLOCK_D,
                 TRACE,
                 BLOCK_SPARSE,
@@ -985,12 +1002,16 @@ def _prefix_lm_bwd_dq_tiles(
     q_len,
     kv_len,
     scale,
-    start,
     end,
     offs_n,
     d_valid,
     trace,
     blocks,
+    end_a,
+    end_b,
+    at_a,
+    at_b,
+    at_c,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     SCORE_GRAD_IS_ONE: tl.constexpr,
@@ -1003,10 +1024,10 @@ def _prefix_lm_bwd_dq_tiles(
     BLOCK_N: tl.constexpr,
     SPARSE_N: tl.constexpr,
 ):
-    """dQ (and param-gradient) contributions of key tiles [start, end) (LISTED: as in the
-    forward's tile loop)."""
-    for t in range(start, end, BLOCK_N):
-        start_n = _tile_start(t, blocks, LISTED, SPARSE_N)
+    """dQ (and param-gradient) contributions of key tiles: the loop counts positions [0, end) of
+    the runs _tile_start maps to tiles (as in the forward's tile loop)."""
+    for t in range(0, end, BLOCK_N):
+        start_n = _tile_start(t, blocks, end_a, end_b, at_a, at_b, at_c, LISTED, SPARSE_N)
         kv_pos = start_n + offs_n
         if TRACE:
             tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL, mask=start_n < kv_len)
@@ -1055,7 +1076,7 @@ def _prefix_lm_bwd_dq_tiles(
 
 
 @triton.autotune(
-    configs=_BWD_CONFIGS,
+    configs=_DQ_CONFIGS,
     key=["q_bucket", "kv_bucket", "HEAD_DIM"],
     prune_configs_by={"early_config_prune": runtime.shared_memory_pruner(TILE_LOADS, "dq")},
     reset_to_zero=[],
@@ -1114,7 +1135,7 @@ def prefix_lm_bwd_dq(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest first, as in the forward
     pid_bh = tl.program_id(1)
     off_b = pid_bh // heads_q
     off_h = pid_bh % heads_q
@@ -1156,6 +1177,7 @@ def prefix_lm_bwd_dq(
             + off_h * stride_sh
             + (pid_m * BLOCK_M // SPARSE_M) * stride_sm
         )
+        end_a, end_b, at_a, at_b, at_c = 0, 0, 0, 0, 0  # unused
     else:
         # the forward's key ranges: PARTIAL [lo, full_lo), FULL [full_lo, full_hi), PARTIAL [full_hi, hi)
         first_q = pid_m * BLOCK_M + (kv_len - q_len)
@@ -1173,27 +1195,18 @@ def prefix_lm_bwd_dq(
         hi = tl.minimum(hi, tl.maximum(last_q + 1, (tl.load(p_prefix + off_b * p_prefix_stride0))))
         below_lo, below_hi, lo = _split_at_gap(lo, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N)
         lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
+        partial, end_a, end_b = _partial_runs(below_lo, below_hi, lo, full_lo, full_hi, hi, BLOCK_N)
+        at_a, at_b, at_c = below_lo, lo, full_hi
         blocks = Q  # unused
-    for i in tl.static_range(4):  # the forward's phases
+    for i in tl.static_range(2):  # the forward's two loops: PARTIAL, FULL
         if BLOCK_SPARSE:
-            blocks = lists + (i - 1) * stride_sc + 1
-            start = 0
-            if (i == 1) or (i == 2):
-                end = tl.load(lists + (i - 1) * stride_sc) * SPARSE_N
-            else:
-                end = 0
+            blocks = lists + i * stride_sc + 1
+            end = tl.load(lists + i * stride_sc) * SPARSE_N
         elif i == 0:
-            start = below_lo
-            end = below_hi
-        elif i == 1:
-            start = lo
-            end = full_lo
-        elif i == 2:
-            start = full_lo
-            end = full_hi
-        else:
-            start = full_hi
-            end = hi
+            end = partial
+        else:  # one run
+            end = full_hi - full_lo
+            end_a, end_b, at_a = BIG, BIG, full_lo
         dq = _prefix_lm_bwd_dq_tiles(
             dq,
             q,
@@ -1217,17 +1230,21 @@ def prefix_lm_bwd_dq(
             q_len,
             kv_len,
             scale,
-            start,
             end,
             offs_n,
             d_valid,
             trace,
             blocks,
+            end_a,
+            end_b,
+            at_a,
+            at_b,
+            at_c,
             PRECISION,
             SCORE_IS_IDENTITY,
             SCORE_GRAD_IS_ONE,
             HAS_MASK,
-            i != 2,
+            i == 0,
             HEAD_DIM == BLOCK_D,
             TRACE,
             BLOCK_SPARSE,
@@ -1444,6 +1461,11 @@ def prefix_lm_decode_kernel(
             stride_kb,
             stride_vb,
             pages,
+            BIG,
+            BIG,
+            0,
+            0,
+            0,
             PRECISION,
             SCORE_IS_IDENTITY,
             HAS_MASK,

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 import attngen
 from attngen import runtime  # noqa: F401  (before triton: selects the interpreter with no GPU)
 from attngen.reference import mask_grid
-from attngen.testing import EMPTY, FULL, PARTIAL, tile_classes
+from attngen.testing import EMPTY, FULL, PARTIAL, max_rel_error, tile_classes
 from test_forward import _raises as raises  # ValueError with these fragments in its message
 
 EXAMPLES = int(os.environ.get("ATTNGEN_BLOCK_MASK_EXAMPLES", "3"))
@@ -169,13 +169,6 @@ def check_traces(op, bm, q, k, v, params, want, block_m=None, block_n=None):
             f"{(trace != upsampled).nonzero().tolist()[:8]}")
 
 
-def rel_err(x, gold, floor=1e-6):
-    if x.numel() == 0:
-        return 0.0
-    x, gold = x.detach().to(F64), gold.detach().to(F64)
-    return ((x - gold).abs().max() / max(gold.abs().max().item(), floor)).item()
-
-
 def _forward_backward(fn, q, k, v, params, w_out, w_lse):
     """out, lse and the gradients of sum(out * w_out) + sum(finite lse * w_lse) wrt q, k, v."""
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
@@ -202,9 +195,10 @@ def check_against_reference(op, bm, q, k, v, params, seed=0):
         f"{bm}: -inf lse (fully masked rows) at {(lse == -torch.inf).nonzero().tolist()[:8]}, "
         f"golden at {masked.nonzero().tolist()[:8]}")
     assert (out[masked] == 0).all(), f"{bm}: a fully masked row's output is not 0"
-    errors = {"out": rel_err(out, gold_out),
-              "lse": rel_err(lse[~masked], gold_lse[~masked], floor=1.0),
-              **{name: rel_err(x, y) for name, x, y in zip(("dq", "dk", "dv"), got[2:], gold[2:])}}
+    errors = {"out": max_rel_error(out, gold_out, floor=1e-6),
+              "lse": max_rel_error(lse[~masked], gold_lse[~masked], floor=1.0),
+              **{name: max_rel_error(x, y, floor=1e-6)
+                 for name, x, y in zip(("dq", "dk", "dv"), got[2:], gold[2:])}}
     for name, x in zip(("out", "dq", "dk", "dv"), (out, *got[2:])):
         assert torch.isfinite(x).all(), f"{bm}: {name} has NaN or inf"
     if q.dtype == torch.float32:
@@ -212,9 +206,10 @@ def check_against_reference(op, bm, q, k, v, params, seed=0):
             assert err <= FP32_TOL, f"{bm}: fp32 {name} max rel error {err:.3g} > {FP32_TOL}"
         return
     low = _forward_backward(op.reference, q, k, v, params, w_out, w_lse)
-    low_errors = {"out": rel_err(low[0], gold_out),
-                  "lse": rel_err(low[1][~masked], gold_lse[~masked], floor=1.0),
-                  **{n: rel_err(x, y) for n, x, y in zip(("dq", "dk", "dv"), low[2:], gold[2:])}}
+    low_errors = {"out": max_rel_error(low[0], gold_out, floor=1e-6),
+                  "lse": max_rel_error(low[1][~masked], gold_lse[~masked], floor=1.0),
+                  **{n: max_rel_error(x, y, floor=1e-6)
+                     for n, x, y in zip(("dq", "dk", "dv"), low[2:], gold[2:])}}
     for name, err in errors.items():
         bound = FP16_FACTOR * low_errors[name] + FP16_FLOOR
         assert err <= bound, (f"{bm}: {q.dtype} {name} error {err:.3g} > {FP16_FACTOR} x "

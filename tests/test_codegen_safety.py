@@ -24,6 +24,7 @@ import attngen
 from attngen import SpecError, checker
 from attngen import runtime  # before triton: with no GPU this selects the Triton interpreter
 from attngen.render import render
+from attngen.testing import max_rel_error
 from test_spec_errors import as_params, check_error, spec, xfail  # the spec-error suite's helpers
 
 pytestmark = [
@@ -210,11 +211,6 @@ ACCEPTED = {
 }
 
 
-def _rel_err(x, gold) -> float:
-    return ((x.detach().to(F64).cpu() - gold.detach().cpu()).abs().max()
-            / gold.abs().max().clamp_min(1e-6)).item()
-
-
 @pytest.mark.parametrize("which", list(ACCEPTED))
 def test_hostile_spec_builds_and_runs(which):
     text, make_params, grad_param = ACCEPTED[which]
@@ -236,23 +232,24 @@ def test_hostile_spec_builds_and_runs(which):
 
     out, lse = op(*leaves[:3], return_lse=True, **kernel_params)
     gold, gold_lse = op.reference(*golden_leaves[:3], return_lse=True, **golden_params)
-    assert _rel_err(out, gold) <= TOL
+    assert max_rel_error(out, gold, floor=1e-6) <= TOL
     finite = torch.isfinite(gold_lse.detach().cpu())
     assert torch.equal(torch.isfinite(lse.detach().cpu()), finite)
-    assert _rel_err(lse.cpu()[finite], gold_lse.cpu()[finite]) <= TOL
+    assert max_rel_error(lse.cpu()[finite], gold_lse.cpu()[finite], floor=1e-6) <= TOL
 
     weights = torch.randn(out.shape, generator=g, dtype=F64).to(DEVICE)
     grads = torch.autograd.grad((out * weights.to(out.dtype)).sum(), leaves)
     golden = torch.autograd.grad((gold * weights).sum(), golden_leaves)
     for got, want in zip(grads, golden):
-        assert _rel_err(got, want) <= TOL
+        assert max_rel_error(got, want, floor=1e-6) <= TOL
 
 
 def test_position_arithmetic_does_not_wrap():
     op = attngen.load("attention wrap { mask q * 1000000000 >= kv * 1000000000 }")
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, length, 16, generator=g).to(DEVICE) for length in (5, 7, 7))
-    assert _rel_err(op(q, k, v), op.reference(q.to(F64), k.to(F64), v.to(F64))) <= TOL
+    gold = op.reference(q.to(F64), k.to(F64), v.to(F64))
+    assert max_rel_error(op(q, k, v), gold, floor=1e-6) <= TOL
 
 
 # ---- the checker's reserved names against a rendered module ------------------------------------

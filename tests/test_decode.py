@@ -31,7 +31,7 @@ from attngen import runtime, testing  # before triton: with no GPU this selects 
 from attngen.reference import mask_grid
 from test_forward import (DEVICE, EXAMPLE_NAMES, EXAMPLES_DIR, F64, FP16_FACTOR, FP16_FLOOR,
                           FP32_TOL, FULL_MATRIX, _assert_lse_pattern, _lse_err, _seed,
-                          example_dtypes, example_head_dims, make_params, rel_err)
+                          example_dtypes, example_head_dims, make_params)
 
 GQA = [(2, 2), (8, 2), (8, 1)]  # Hq:Hkv of 1:1, 4:1, 8:1
 Q_LENS = [1, 4]
@@ -78,13 +78,13 @@ def check_decode(op, q, k, v, kv_len, params, *, page_table=None, num_splits=Non
     gold_out, gold_lse = testing.decode_reference(
         op.spec, *(t.to(F64) for t in (q, k, v)), kv_len=kv_len, page_table=page_table, **params)
     _assert_lse_pattern(lse, gold_lse, "decode")
-    out_err, lse_err = rel_err(out, gold_out), _lse_err(lse, gold_lse)
+    out_err, lse_err = testing.max_rel_error(out, gold_out), _lse_err(lse, gold_lse)
     if q.dtype == torch.float32:
         assert out_err <= FP32_TOL and lse_err <= FP32_TOL, (out_err, lse_err)
     else:
         ref_out, ref_lse = testing.decode_reference(op.spec, q, k, v, kv_len=kv_len,
                                                     page_table=page_table, **params)
-        assert out_err <= FP16_FACTOR * rel_err(ref_out, gold_out) + FP16_FLOOR, out_err
+        assert out_err <= FP16_FACTOR * testing.max_rel_error(ref_out, gold_out) + FP16_FLOOR, out_err
         assert lse_err <= FP16_FACTOR * _lse_err(ref_lse, gold_lse) + FP16_FLOOR, lse_err
     return out, lse
 
@@ -140,7 +140,7 @@ def test_decode_matches_reference(name, gqa, q_len, page_size, dtype, head_dim):
         if runtime.interpreting():  # one config: the same tiles in the same order, bit for bit
             assert torch.equal(paged, split), "paged and contiguous caches differ"
         else:  # the autotuner may pick another BLOCK_N for the paged kernel
-            assert rel_err(paged, split) <= (1e-5 if q.dtype == torch.float32 else 2e-3)
+            assert testing.max_rel_error(paged, split) <= (1e-5 if q.dtype == torch.float32 else 2e-3)
 
 
 def test_default_length_and_splits_and_many_rows():
@@ -160,7 +160,7 @@ def test_matches_the_forward_op():
     params = make_params("t5_bias", 1, 4, 5, 90, g)
     out = op.decode(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), num_splits=2, **_on_device(params))
     ref = op(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), **_on_device(params))
-    assert rel_err(out, ref) <= FP32_TOL
+    assert testing.max_rel_error(out, ref) <= FP32_TOL
 
 
 # ---- which key tiles decode visits ---------------------------------------------------------

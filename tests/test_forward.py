@@ -49,6 +49,7 @@ import torch
 
 import attngen
 from attngen import runtime  # before triton: with no GPU this selects the Triton interpreter
+from attngen.testing import max_rel_error
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = REPO / "examples"
@@ -146,16 +147,9 @@ def _on_device(params: dict) -> dict:
 # ---- the comparison ------------------------------------------------------------------------
 
 
-def rel_err(x: torch.Tensor, gold: torch.Tensor, *, floor: float = 1e-30) -> float:
-    if x.numel() == 0:
-        return 0.0
-    x, gold = x.detach().to(F64).cpu(), gold.detach().to(F64).cpu()
-    return ((x - gold).abs().max() / max(gold.abs().max().item(), floor)).item()
-
-
 def _lse_err(lse: torch.Tensor, gold: torch.Tensor) -> float:
     finite = torch.isfinite(gold.cpu())
-    return rel_err(lse.cpu()[finite], gold.cpu()[finite], floor=1.0)
+    return max_rel_error(lse.cpu()[finite], gold.cpu()[finite], floor=1.0)
 
 
 def _assert_lse_pattern(lse, gold, what="kernel"):
@@ -181,14 +175,14 @@ def check_op(op, q, k, v, params=None, *, scale=None, rule="strict"):
     gold_out, gold_lse = op.reference(*(t.to(F64) for t in (q, k, v)), scale=scale,
                                       return_lse=True, **params)
     _assert_lse_pattern(lse, gold_lse)
-    out_err, lse_err = rel_err(out, gold_out), _lse_err(lse, gold_lse)
+    out_err, lse_err = max_rel_error(out, gold_out), _lse_err(lse, gold_lse)
     if dtype == torch.float32 and rule == "strict":
         assert out_err <= FP32_TOL, f"fp32 out: max rel error {out_err:.3g} > {FP32_TOL}"
         assert lse_err <= FP32_TOL, f"fp32 lse: max rel error {lse_err:.3g} > {FP32_TOL}"
     else:
         # versus the reference evaluated in the kernel's own dtype
         ref_out, ref_lse = op.reference(q, k, v, scale=scale, return_lse=True, **params)
-        ref_out_err, ref_lse_err = rel_err(ref_out, gold_out), _lse_err(ref_lse, gold_lse)
+        ref_out_err, ref_lse_err = max_rel_error(ref_out, gold_out), _lse_err(ref_lse, gold_lse)
         floor = FP16_FLOOR if dtype == torch.float16 else FP32_TOL
         assert out_err <= FP16_FACTOR * ref_out_err + floor, (
             f"{dtype} out: kernel error {out_err:.3g} > {FP16_FACTOR} x reference error "
@@ -363,7 +357,7 @@ def test_inline_spec_matches_reference(which, dtype_name, m, n, hq, hkv, d):
     _, _, (gold, _) = check_op(op, q, k, v, scale=scale)
     # the mask or score modification matters at this size
     plain = example("encoder").reference(*(t.to(F64) for t in (q, k, v)), scale=scale)
-    assert rel_err(gold, plain) > 1e-3
+    assert max_rel_error(gold, plain) > 1e-3
 
 
 @pytest.mark.parametrize("name, m, n, d, dtype_name", [
@@ -374,7 +368,7 @@ def test_examples_at_their_real_window_and_chunk_sizes(name, m, n, d, dtype_name
     q, k, v = make_qkv(1, 2, 1, m, n, d, DTYPES[dtype_name], seed=_seed(name, m, n))
     _, _, (gold, _) = check_op(example(name), q, k, v)
     causal_only = example("llama").reference(*(t.to(F64) for t in (q, k, v)))
-    assert rel_err(gold, causal_only) > 1e-3  # the window / chunk matters here
+    assert max_rel_error(gold, causal_only) > 1e-3  # the window / chunk matters here
 
 
 # ---- fully masked rows ------------------------------------------------------------------------
@@ -516,7 +510,7 @@ def test_custom_scale(name, dtype_name, scale):
     params = make_params(name, BATCH, hq, m, n, torch.Generator().manual_seed(seed))
     _, _, (gold, _) = check_op(example(name), q, k, v, params, scale=scale)
     default = example(name).reference(*(t.to(F64) for t in (q, k, v)), **_on_device(params))
-    assert rel_err(gold, default) > 1e-3  # the scale changed the result
+    assert max_rel_error(gold, default) > 1e-3  # the scale changed the result
 
 
 @pytest.mark.parametrize("name, dtype_name", [
@@ -539,7 +533,7 @@ def test_large_inputs_do_not_overflow(name, dtype_name):
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
     gold, gold_lse = example(name).reference(*(t.to(F64) for t in (q, k, v)), return_lse=True,
                                              **_on_device(params))
-    assert rel_err(out, gold) <= 1e-2
+    assert max_rel_error(out, gold) <= 1e-2
     assert _lse_err(lse, gold_lse) <= 1e-3
 
 
@@ -687,12 +681,12 @@ def _check_grads(op, q, k, v, params, grad_param=None, *, scale=None):
         assert torch.isfinite(x).all(), f"{name} has NaN or inf"
     if q.dtype == torch.float32:
         for name, x, ref in zip(names, got, gold):
-            err = rel_err(x, ref)
+            err = max_rel_error(x, ref)
             assert err <= FP32_TOL, f"fp32 {name}: max rel error {err:.3g} > {FP32_TOL}"
     else:
         low = _grads(reference, q, k, v, params, grad_param, w_out, w_lse)
         for name, x, ref, r in zip(names, got, gold, low):
-            err, ref_err = rel_err(x, ref), rel_err(r, ref)
+            err, ref_err = max_rel_error(x, ref), max_rel_error(r, ref)
             assert err <= FP16_FACTOR * ref_err + FP16_FLOOR, (
                 f"{q.dtype} {name}: kernel error {err:.3g} > {FP16_FACTOR} x reference error "
                 f"{ref_err:.3g} + {FP16_FLOOR}")
@@ -848,7 +842,7 @@ def test_float_powers():
     q, k, v = make_qkv(BATCH, 2, 2, 17, 40, 16, torch.float32, seed=2)
     _, _, (gold, _) = check_op(op, q, k, v)
     plain = example("encoder").reference(*(t.to(F64) for t in (q, k, v)))
-    assert rel_err(gold, plain) > 1e-3
+    assert max_rel_error(gold, plain) > 1e-3
 
 
 def test_integer_power():

@@ -1,0 +1,90 @@
+"""A/B timing of kernel variants in one process, on a GPU: each variant is a copy of a generated
+module (`attngen build`, then edit the copy); every (variant, config) pair runs the op's forward
+(and backward) and reports one kernel's device time from the profiler. Same process, same
+inputs, fixed configs: differences are the edits, not the autotuner or the machine's mood.
+
+    cp generated/llama.py /tmp/a.py; cp generated/llama.py /tmp/b.py   # then edit /tmp/b.py
+    python benchmarks/ab.py --spec examples/llama.attn --kernel llama_bwd_dkdv \
+        --configs 64,64,4,2 32,64,4,2 --shape 2,16,8192,128 /tmp/a.py /tmp/b.py
+
+Configs are BLOCK_M,BLOCK_N,num_warps,num_stages. The first pair runs again at the end: the
+difference between its two timings is the noise floor of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import triton  # noqa: E402
+
+import attngen  # noqa: E402
+from sweep import inputs  # noqa: E402
+
+
+def load_variant(path: str):
+    spec = importlib.util.spec_from_file_location(f"variant_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # its torch.library ops get free names (runtime.free_op_name)
+    return module
+
+
+def kernel_ms(module, kernel: str, config: tuple, op, shape, backward: bool, iters: int) -> float:
+    """Device ms per call of `kernel` with one fixed config, from the profiler."""
+    B, H, N, D = shape
+    autotuner = getattr(module, kernel)
+    m, n, warps, stages = config
+    autotuner.configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps,
+                                       num_stages=stages)]
+    autotuner.cache.clear()
+    q, k, v, params = inputs(op, B, H, N, D)
+    d_out = torch.randn_like(q)
+    fn = getattr(module, module.NAME)
+
+    def step():
+        out = fn(q, k, v, **params)
+        if backward:
+            torch.autograd.grad(out, (q, k, v), d_out)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    times = [e.device_time_total for e in prof.key_averages() if e.key == kernel]
+    return times[0] / 1000 / iters if times else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("variants", nargs="+", help="edited copies of the spec's generated module")
+    parser.add_argument("--spec", required=True, help="the spec the variants were generated from")
+    parser.add_argument("--kernel", required=True, help="e.g. llama_fwd, llama_bwd_dkdv")
+    parser.add_argument("--configs", nargs="+", required=True, help="m,n,warps,stages ...")
+    parser.add_argument("--shape", default="2,16,8192,128", help="B,H,N,D")
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args()
+    shape = tuple(int(x) for x in args.shape.split(","))
+    configs = [tuple(int(x) for x in c.split(",")) for c in args.configs]
+    op = attngen.load(args.spec)
+    backward = "_bwd_" in args.kernel
+    modules = {path: load_variant(path) for path in args.variants}
+    rows = [(path, c, kernel_ms(modules[path], args.kernel, c, op, shape, backward, args.iters))
+            for path in args.variants for c in configs]
+    again = kernel_ms(modules[rows[0][0]], args.kernel, rows[0][1], op, shape, backward, args.iters)
+    print(f"{args.kernel} B,H,N,D={args.shape} ({torch.cuda.get_device_name()})")
+    print("| variant | config (m, n, warps, stages) | ms |\n|---|---|---|")
+    for path, config, ms in rows:
+        print(f"| {path} | {config} | {ms:.4f} |")
+    print(f"noise: first pair again {again:.4f} ms ({rows[0][2]:.4f} first)")
+
+
+if __name__ == "__main__":
+    main()
