@@ -536,6 +536,16 @@ DEFAULT_SPACES = {
     "decode": ((0, 64, 4, 3), (0, 128, 4, 3), (0, 64, 4, 4), (0, 128, 8, 3), (0, 32, 4, 4),
                (0, 64, 2, 3)),
 }
+# Head dims past 128 run at BLOCK_D 256, which doubles the accumulators (dK and dV: BLOCK_N x 256
+# fp32 each): with the spaces above ptxas (sm_90, bf16, gemma2_local) spills 2-4 KB per thread
+# in dK/dV and up to 4 KB in the forward; these spill at most 148 bytes (8 warps over 64 keys,
+# 16-32 query steps; 64-row forward tiles over 8 warps). Chosen from ptxas reports, not timed.
+WIDE_BLOCK_D = 256
+WIDE_SPACES = {
+    "fwd": ((64, 64, 8, 3), (128, 32, 8, 2), (64, 32, 4, 3), (64, 64, 8, 2)),
+    "bwd_dkdv": ((16, 64, 8, 2), (32, 64, 8, 2), (16, 32, 4, 2), (32, 32, 4, 2)),
+    "bwd_dq": ((128, 32, 8, 3), (64, 32, 8, 2), (128, 32, 8, 2)),
+}
 _DEFAULT_KNOBS = {"m": 128, "n": 64, "warps": 4, "stages": 2}
 # The interpreter runs tiles as numpy arrays: one mid-sized config keeps it quick.
 _INTERPRET_MAX_BLOCK = 64
@@ -595,16 +605,25 @@ def autotune_configs(kernel: str, fixed: dict | None, space: dict | None, *,
         knobs = [dict(zip(names, combo)) for combo in itertools.product(*values)]
     else:
         knobs = [dict(zip(_DEFAULT_KNOBS, c)) for c in DEFAULT_SPACES[kernel]]
+    wide = [] if fixed is not None or space is not None or interpret else \
+        [dict(zip(_DEFAULT_KNOBS, c)) for c in WIDE_SPACES.get(kernel, ())]
     if interpret:
         first = knobs[0]
         knobs = [{**first, "m": min(first["m"], _INTERPRET_MAX_BLOCK),
                   "n": min(first["n"], _INTERPRET_MAX_BLOCK)}]
     elif os.environ.get("ATTNGEN_AUTOTUNE", "1") == "0":  # quick start: the first config only
-        knobs = knobs[:1]
+        knobs, wide = knobs[:1], wide[:1]
     blocks = (lambda k: {"BLOCK_N": k["n"]}) if kernel == "decode" else \
         (lambda k: {"BLOCK_M": k["m"], "BLOCK_N": k["n"]})
     configs = [triton.Config(blocks(k), num_warps=k["warps"], num_stages=k["stages"])
                for k in knobs]
+    if wide:  # default spaces: each config says which head dims it is for (for_head_dim)
+        for c in configs:
+            c.attngen_wide = False
+        for k in wide:
+            c = triton.Config(blocks(k), num_warps=k["warps"], num_stages=k["stages"])
+            c.attngen_wide = True
+            configs.append(c)
     if not interpret and len(configs) == 1 and configs[0].num_stages > 1:
         # A lone config skips pruning, where known compiler crashes are avoided: give it an
         # unpipelined twin, and pruning keeps exactly one of the two (fix_known_compiler_issues).
@@ -629,6 +648,13 @@ def _device_properties(device_index: int) -> dict:
 
 def _shared_memory_limit(device_index: int) -> int:
     return _device_properties(device_index)["max_shared_mem"]
+
+
+def for_head_dim(configs: list, block_d: int) -> list:
+    """The default configs meant for this (padded) head dim: the wide space's at BLOCK_D >=
+    WIDE_BLOCK_D, the others below; configs a spec chose (untagged) all stay."""
+    wide = block_d >= WIDE_BLOCK_D
+    return [c for c in configs if getattr(c, "attngen_wide", wide) == wide] or configs
 
 
 def fix_known_compiler_issues(configs: list, block_d: int) -> list:
@@ -673,7 +699,7 @@ def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
     """
     import triton
 
-    configs = fix_known_compiler_issues(configs, block_d)
+    configs = fix_known_compiler_issues(for_head_dim(configs, block_d), block_d)
 
     def estimate(c):
         m, n, stages = c.kwargs.get("BLOCK_M", block_m or 16), c.kwargs["BLOCK_N"], max(c.num_stages, 1)

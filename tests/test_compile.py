@@ -175,6 +175,34 @@ def test_sm90_each_example_uses_wgmma(sm90_sweep, path):
     assert {int(ln["d"]) for ln in mine} == dims
 
 
+def test_wide_head_dims_compile_the_wide_space(sm90_sweep):
+    """gemma2_local (D=256) compiles the first config of runtime.WIDE_SPACES for each kernel,
+    not the D<=128 spaces, which spill kilobytes per thread there."""
+    lines = [ln for ln in sm90_sweep[3] if ln["path"] == "examples/gemma2_local.attn"]
+    for kernel, space in (("fwd", "fwd"), ("bwd_dkdv", "bwd_dkdv"), ("bwd_dq", "bwd_dq")):
+        m, n, warps, stages = runtime.WIDE_SPACES[space][0]
+        (line,) = [ln for ln in lines if ln["kernel"] == f"gemma2_local_{kernel}"]
+        assert line["config"] == f"m={m} n={n} warps={warps} stages={stages}", line
+
+
+def test_default_spaces_split_by_head_dim(monkeypatch):
+    monkeypatch.setenv("ATTNGEN_AUTOTUNE", "1")
+    configs = runtime.autotune_configs("bwd_dkdv", None, None, interpret=False)
+    narrow, wide = runtime.DEFAULT_SPACES["bwd_dkdv"], runtime.WIDE_SPACES["bwd_dkdv"]
+    assert len(configs) == len(narrow) + len(wide)
+    knobs = lambda cs: [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                        for c in cs]  # noqa: E731
+    assert knobs(runtime.for_head_dim(configs, 128)) == list(narrow)
+    assert knobs(runtime.for_head_dim(configs, 256)) == list(wide)
+    # a spec's own space is kept whole at every head dim
+    spec_space = runtime.autotune_configs("bwd_dkdv", None, {"m": [32, 64]}, interpret=False)
+    assert runtime.for_head_dim(spec_space, 256) == spec_space
+    # quick start (no autotuning): the first of each
+    monkeypatch.setenv("ATTNGEN_AUTOTUNE", "0")
+    quick = runtime.autotune_configs("bwd_dkdv", None, None, interpret=False)
+    assert knobs(quick) == [narrow[0], wide[0]]
+
+
 def _fwd_lines(lines, name="llama"):
     return [(ln["dtype"], int(ln["d"]), ln["arch"], ln["wgmma"]) for ln in lines
             if ln["kernel"] == f"{name}_fwd"]
