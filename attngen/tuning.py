@@ -4,7 +4,8 @@ A table is ``<dir>/<gpu>.json`` (``gpu``: the device name as a slug, e.g.
 ``nvidia-h100-80gb-hbm3``) holding one entry per (kernel, spec hash, autotuning key):
 
     {"format": 1, "gpu": "NVIDIA H100 80GB HBM3",
-     "entries": [{"kernel": "llama_fwd", "spec_hash": "...", "key": [4096, 4096, 128, "torch.bfloat16", ...],
+     "entries": [{"kernel": "llama_fwd", "spec_hash": "...", "code": "...",
+                  "key": [4096, 4096, 128, "torch.bfloat16", ...],
                   "config": {"kwargs": {"BLOCK_M": 128, "BLOCK_N": 64}, "num_warps": 4, "num_stages": 3},
                   "ms": 0.41, "triton": "3.6.0", "date": "2026-11-22"}]}
 
@@ -12,7 +13,10 @@ The key is Triton's own autotuning key (the length buckets, the head dim and the
 tensor arguments), so an entry applies to exactly the calls that autotuning would have timed.
 Before a kernel's first launch on a device, the runtime copies the matching entries into its
 autotuner's cache (``seed``): those calls launch at once, others still autotune. An entry
-applies only to the spec it was tuned for (same hash); a stale or foreign entry is ignored.
+applies only to the spec it was tuned for (same hash) and to the kernel code it was timed with
+(``code``: ``code_hash``, over the source of every Triton function of the generated module), so
+a change to the templates retires old entries instead of pinning configs chosen for other code;
+a stale or foreign entry is ignored.
 
 Directories read, first match wins: ``$ATTNGEN_TUNING_DIR`` (``os.pathsep``-separated), the
 cache root's ``tuning/`` (where ``attngen tune`` writes by default), and the tables shipped
@@ -22,9 +26,12 @@ directory every rank of a job reads through ``ATTNGEN_TUNING_DIR``.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import os
 import re
+import sys
 import tempfile
 import warnings
 from datetime import date
@@ -69,10 +76,11 @@ def read_table(path: Path) -> list[dict]:
         for e in entries:
             if not (isinstance(e.get("kernel"), str) and _is_key(e.get("key"))
                     and isinstance(e.get("spec_hash"), _SPEC_HASH)
+                    and isinstance(e.get("code"), _SPEC_HASH)
                     and isinstance(e.get("config", {}).get("kwargs"), dict)):
                 raise ValueError(f"malformed entry {str(e)[:120]}: expected a kernel name, a key "
-                                 "of numbers, strings and lists of them, a spec_hash string "
-                                 "and config.kwargs")
+                                 "of numbers, strings and lists of them, a spec_hash string, "
+                                 "a code string (or none) and config.kwargs")
         return entries
     except FileNotFoundError:
         return []
@@ -121,6 +129,39 @@ def _config(entry: dict):
 
 
 _SEEDED: set[tuple[int, int]] = set()  # (id(kernel), device index) already seeded
+_CODE_HASHES: dict[str, str] = {}  # module name -> code_hash
+
+
+def code_hash(kernel: Any) -> str:
+    """sha256 (16 hex digits) of the source of every Triton function (autotuned kernels, jitted
+    kernels and helpers) in the module that defines ``kernel``: what a table entry was timed
+    with. Headers and docstrings outside those functions do not count."""
+    import triton
+
+    name = kernel.base_fn.__module__
+    if name not in _CODE_HASHES:
+        module = sys.modules[name]
+        jitted = (triton.runtime.JITFunction, *_interpreted_types())
+        digest = hashlib.sha256()
+        for attr, obj in sorted(vars(module).items()):
+            if isinstance(obj, triton.runtime.Autotuner):
+                fn = obj.base_fn
+            elif isinstance(obj, jitted):
+                fn = obj.fn
+            else:
+                continue
+            digest.update(f"{attr}\n{inspect.getsource(fn)}".encode())
+        _CODE_HASHES[name] = digest.hexdigest()[:16]
+    return _CODE_HASHES[name]
+
+
+def _interpreted_types() -> tuple:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        return ()
+    return (InterpretedFunction,)
+
 
 
 def seed(kernel: Any, spec_hash: str, device_index: int) -> None:
@@ -138,7 +179,8 @@ def seed(kernel: Any, spec_hash: str, device_index: int) -> None:
     name = kernel.base_fn.__name__
     for (kernel_name, entry_hash, key), entry in _entries_for_gpu(
             torch.cuda.get_device_name(device_index)).items():
-        if kernel_name == name and entry_hash == spec_hash:
+        if kernel_name == name and entry_hash == spec_hash \
+                and entry.get("code") == code_hash(kernel):
             kernel.cache.setdefault(key, _config(entry))
 
 
@@ -146,6 +188,7 @@ def forget() -> None:
     """Drop what was read (tables changed on disk, or a test points the search elsewhere)."""
     _entries_for_gpu.cache_clear()
     _SEEDED.clear()
+    _CODE_HASHES.clear()
 
 
 # ---- writing tables ---------------------------------------------------------------------------
@@ -160,7 +203,8 @@ def entries_of(kernel: Any, spec_hash: str) -> list[dict]:
     for key, config in kernel.cache.items():
         ms = timings.get(config)
         out.append(dict(
-            kernel=kernel.base_fn.__name__, spec_hash=spec_hash, key=list(key),
+            kernel=kernel.base_fn.__name__, spec_hash=spec_hash, code=code_hash(kernel),
+            key=list(key),
             config=dict(kwargs=dict(config.kwargs), num_warps=config.num_warps,
                         num_stages=config.num_stages, num_ctas=config.num_ctas,
                         maxnreg=config.maxnreg),

@@ -4,9 +4,12 @@ seeding an autotuner, and the real autotuning key of a generated kernel on the i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,8 +27,10 @@ FAKE_GPU = "Imaginary GPU 9000 (test)"  # no shipped table: only what a test wri
 KEY = [4096, 4096, 128, "torch.bfloat16", "torch.float32"]
 
 
-def entry(kernel="llama_fwd", spec_hash="h1", key=KEY, m=128, n=64, warps=8, stages=3):
-    return dict(kernel=kernel, spec_hash=spec_hash, key=list(key),
+def entry(kernel="llama_fwd", spec_hash="h1", key=KEY, m=128, n=64, warps=8, stages=3,
+          code="fake"):
+    """A table entry; code "fake" stands for FakeAutotuner's code hash (see fake_code)."""
+    return dict(kernel=kernel, spec_hash=spec_hash, code=code, key=list(key),
                 config=dict(kwargs={"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps,
                             num_stages=stages))
 
@@ -43,6 +48,14 @@ class FakeAutotuner:
 
         base_fn.__name__ = name
         self.base_fn = base_fn
+
+
+@pytest.fixture(autouse=True)
+def fake_code(monkeypatch):
+    """FakeAutotuners (defined here, not in a generated module) have the code hash "fake"."""
+    real = tuning.code_hash
+    monkeypatch.setattr(tuning, "code_hash", lambda kernel: "fake" if isinstance(
+        kernel, FakeAutotuner) else real(kernel))
 
 
 @pytest.fixture
@@ -175,6 +188,38 @@ def test_seed_copies_matching_entries_into_the_autotuner_cache(gpu_tables):
     tuning.forget()
     tuning.seed(kernel, "h1", 0)
     assert len(kernel.cache) == 2
+
+
+def test_seed_ignores_entries_timed_with_other_kernel_code(gpu_tables):
+    """An entry from before a template change (another code hash, or none: tables written
+    before entries carried one) pins nothing; the kernel autotunes instead."""
+    first, _, _ = gpu_tables
+    old = entry(m=16)
+    del old["code"]
+    tuning.write_entries(first, FAKE_GPU, [entry(code="0123456789abcdef"),
+                                           entry(key=[1, 2, 3], code=None), old])
+    kernel = FakeAutotuner("llama_fwd")
+    tuning.seed(kernel, "h1", 0)
+    assert kernel.cache == {}
+
+
+def test_code_hash_covers_every_triton_function_of_the_module(llama, tmp_path):
+    """The same for every kernel of a module, and another when a jitted helper changes."""
+    hashes = {tuning.code_hash(k) for k in tuning.kernels_of(llama.module)}
+    assert len(hashes) == 1
+    source = Path(llama.module.__file__).read_text(encoding="utf-8")
+    assert "def _tile_start(" in source
+    path = tmp_path / "llama_edited.py"
+    path.write_text(source.replace("def _tile_start(", "def _tile_start(  # edited\n    ", 1),
+                    encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("llama_edited", path)
+    edited = importlib.util.module_from_spec(spec)
+    sys.modules["llama_edited"] = edited  # code_hash finds a kernel's module by name
+    try:
+        spec.loader.exec_module(edited)
+        assert tuning.code_hash(edited.llama_fwd) not in hashes
+    finally:
+        del sys.modules["llama_edited"]
 
 
 def test_seed_keeps_what_the_autotuner_already_chose(gpu_tables):
