@@ -17,7 +17,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .runtime import SHARED_MEMORY_LIMITS, TORCH_DTYPES, fit_shared_memory, sparse_flags
+from .runtime import (SHARED_MEMORY_LIMITS, TORCH_DTYPES, fit_shared_memory, for_head_dim,
+                      sparse_flags)
 
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
                  torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}
@@ -113,11 +114,13 @@ def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch:
     constants = {"HEAD_DIM": head_dim, "BLOCK_D": block_d}
     if isinstance(obj, triton.runtime.Autotuner):
         fn = obj.fn
-        # the config the runtime would launch: the first from config_index on whose tiles fit
+        # the config the runtime would launch: of the configs for this head dim, the first from
+        # config_index on whose tiles fit
         decode_m = 16 if kernel.endswith("_decode_kernel") else None
         role = "dkdv" if kernel.endswith("_bwd_dkdv") else "dq" if kernel.endswith("_bwd_dq") \
             else "fwd"
-        config = fit_shared_memory(obj.configs[config_index:], block_d, dtype.itemsize,
+        configs = for_head_dim(obj.configs, block_d)[config_index:]
+        config = fit_shared_memory(configs, block_d, dtype.itemsize,
                                    SHARED_MEMORY_LIMITS.get(arch, SHARED_MEMORY_LIMITS[90]),
                                    module.TILE_LOADS, decode_m, role)[0]
         flags = module.BWD_FLAGS if "_bwd_" in kernel else module.FWD_FLAGS

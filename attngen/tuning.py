@@ -31,7 +31,6 @@ import inspect
 import json
 import os
 import re
-import sys
 import tempfile
 import warnings
 from datetime import date
@@ -75,8 +74,8 @@ def read_table(path: Path) -> list[dict]:
             raise ValueError(f"expected format {FORMAT} with a list of entries")
         for e in entries:
             if not (isinstance(e.get("kernel"), str) and _is_key(e.get("key"))
-                    and isinstance(e.get("spec_hash"), _SPEC_HASH)
-                    and isinstance(e.get("code"), _SPEC_HASH)
+                    and isinstance(e.get("spec_hash"), _OPTIONAL_STR)
+                    and isinstance(e.get("code"), _OPTIONAL_STR)
                     and isinstance(e.get("config", {}).get("kwargs"), dict)):
                 raise ValueError(f"malformed entry {str(e)[:120]}: expected a kernel name, a key "
                                  "of numbers, strings and lists of them, a spec_hash string, "
@@ -91,11 +90,14 @@ def read_table(path: Path) -> list[dict]:
 
 @cache
 def _entries_for_gpu(gpu_name: str) -> dict[tuple, dict]:
-    """(kernel, spec hash, key) -> entry over every table for this GPU, earlier dirs first."""
+    """(kernel, spec hash, code, key) -> entry over every table for this GPU, earlier dirs
+    first (the code is part of the lookup, so a stale entry in an earlier directory does not
+    hide a current one in a later)."""
     found: dict[tuple, dict] = {}
     for directory in search_dirs():
         for e in read_table(directory / f"{gpu_slug(gpu_name)}.json"):
-            found.setdefault(_entry_id(e), e)
+            kernel, spec_hash, key = _entry_id(e)
+            found.setdefault((kernel, spec_hash, e.get("code"), key), e)
     return found
 
 
@@ -104,7 +106,7 @@ def _entry_id(entry: dict) -> tuple:
 
 
 _SCALARS = (str, int, float, bool, type(None))
-_SPEC_HASH = (str, type(None))  # an entry without one matches no spec, but reads fine
+_OPTIONAL_STR = (str, type(None))  # an entry without a spec hash or code matches nothing
 
 
 def _is_key(key: Any) -> bool:
@@ -129,21 +131,22 @@ def _config(entry: dict):
 
 
 _SEEDED: set[tuple[int, int]] = set()  # (id(kernel), device index) already seeded
-_CODE_HASHES: dict[str, str] = {}  # module name -> code_hash
+_CODE_HASHES: dict[int, tuple[dict, str]] = {}  # id(module globals) -> (the globals, hash)
 
 
 def code_hash(kernel: Any) -> str:
     """sha256 (16 hex digits) of the source of every Triton function (autotuned kernels, jitted
-    kernels and helpers) in the module that defines ``kernel``: what a table entry was timed
-    with. Headers and docstrings outside those functions do not count."""
+    kernels and helpers) defined beside ``kernel`` (in its function's module globals): what a
+    table entry was timed with. Headers, docstrings, module constants and launchers do not
+    count: a template change that only touches those (flags, grids) keeps old entries valid."""
     import triton
 
-    name = kernel.base_fn.__module__
-    if name not in _CODE_HASHES:
-        module = sys.modules[name]
+    namespace = kernel.base_fn.__globals__  # also for modules never put in sys.modules
+    cached = _CODE_HASHES.get(id(namespace))
+    if cached is None or cached[0] is not namespace:
         jitted = (triton.runtime.JITFunction, *_interpreted_types())
         digest = hashlib.sha256()
-        for attr, obj in sorted(vars(module).items()):
+        for attr, obj in sorted(namespace.items()):
             if isinstance(obj, triton.runtime.Autotuner):
                 fn = obj.base_fn
             elif isinstance(obj, jitted):
@@ -151,8 +154,8 @@ def code_hash(kernel: Any) -> str:
             else:
                 continue
             digest.update(f"{attr}\n{inspect.getsource(fn)}".encode())
-        _CODE_HASHES[name] = digest.hexdigest()[:16]
-    return _CODE_HASHES[name]
+        cached = _CODE_HASHES[id(namespace)] = (namespace, digest.hexdigest()[:16])
+    return cached[1]
 
 
 def _interpreted_types() -> tuple:
@@ -161,7 +164,6 @@ def _interpreted_types() -> tuple:
     except ImportError:
         return ()
     return (InterpretedFunction,)
-
 
 
 def seed(kernel: Any, spec_hash: str, device_index: int) -> None:
@@ -176,11 +178,10 @@ def seed(kernel: Any, spec_hash: str, device_index: int) -> None:
         return
     import torch
 
-    name = kernel.base_fn.__name__
-    for (kernel_name, entry_hash, key), entry in _entries_for_gpu(
+    name, code = kernel.base_fn.__name__, code_hash(kernel)
+    for (kernel_name, entry_hash, entry_code, key), entry in _entries_for_gpu(
             torch.cuda.get_device_name(device_index)).items():
-        if kernel_name == name and entry_hash == spec_hash \
-                and entry.get("code") == code_hash(kernel):
+        if (kernel_name, entry_hash, entry_code) == (name, spec_hash, code):
             kernel.cache.setdefault(key, _config(entry))
 
 

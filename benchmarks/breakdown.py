@@ -49,8 +49,10 @@ def main() -> None:
         kernel = getattr(op.module, name)
         if isinstance(kernel, triton.runtime.Autotuner) and kernel.cache:
             for key, best in kernel.cache.items():
-                timings = sorted((t[0] if isinstance(t, list) else t, _label(c))
-                                 for c, t in (kernel.configs_timings or {}).items())
+                # timings exist only when Triton benchmarked (not for seeded keys), and for
+                # its latest key
+                timings = sorted((t[0] if isinstance(t, list) else t, _label(c)) for c, t in
+                                 (getattr(kernel, "configs_timings", None) or {}).items())
                 shown = ", ".join(f"{label} {ms:.4f}" for ms, label in timings[:args.top])
                 print(f"{name}: kept {_label(best)}; autotuner ms: {shown or '-'}")
 

@@ -1413,7 +1413,9 @@ def mistral_swa_decode_kernel(
     m_i = tl.full([BLOCK_M], -INF, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for i in tl.static_range(4):  # the forward's phases; shift: position - run number
+    # four ranges (below a gap, PARTIAL, FULL, PARTIAL), each cut to this program's split;
+    # shift: position - run number
+    for i in tl.static_range(4):
         if i == 0:
             start = below_lo
             end = below_hi

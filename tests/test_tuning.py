@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -144,7 +143,7 @@ def test_malformed_tables_warn_and_count_as_empty(tmp_path, text):
         assert tuning.read_table(path) == []
 
 
-def test_shipped_table_is_well_formed_and_current():
+def test_shipped_table_is_well_formed_and_for_the_current_spec():
     """The shipped H100 table reads without warnings, and its spec hash is the current llama
     module's (a stale hash would make every shipped entry silently inapplicable)."""
     path = data_dir("tuning") / f"{tuning.gpu_slug(SHIPPED_GPU)}.json"
@@ -155,6 +154,15 @@ def test_shipped_table_is_well_formed_and_current():
     module = attngen.load(LLAMA).module
     llama = [e for e in entries if e["kernel"].startswith("llama_")]
     assert llama and {e["spec_hash"] for e in llama} == {module.SPEC_HASH}
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped H100 table was tuned for the kernels before "
+                   "2026-11-30 (four tile loops, no code hash): re-run attngen tune on an H100")
+def test_shipped_table_applies_to_the_current_kernels():
+    path = data_dir("tuning") / f"{tuning.gpu_slug(SHIPPED_GPU)}.json"
+    kernels = {k.base_fn.__name__: k for k in tuning.kernels_of(attngen.load(LLAMA).module)}
+    llama = [e for e in tuning.read_table(path) if e["kernel"] in kernels]
+    assert llama and all(e.get("code") == tuning.code_hash(kernels[e["kernel"]]) for e in llama)
 
 
 # ---- seeding ----------------------------------------------------------------------------------
@@ -193,14 +201,22 @@ def test_seed_copies_matching_entries_into_the_autotuner_cache(gpu_tables):
 def test_seed_ignores_entries_timed_with_other_kernel_code(gpu_tables):
     """An entry from before a template change (another code hash, or none: tables written
     before entries carried one) pins nothing; the kernel autotunes instead."""
-    first, _, _ = gpu_tables
-    old = entry(m=16)
+    first, second, _ = gpu_tables
+    old = entry(key=[4, 5, 6], m=16)
     del old["code"]
     tuning.write_entries(first, FAKE_GPU, [entry(code="0123456789abcdef"),
                                            entry(key=[1, 2, 3], code=None), old])
+    assert {e.get("code") for e in tuning.read_table(
+        first / f"{tuning.gpu_slug(FAKE_GPU)}.json")} == {"0123456789abcdef", None}
     kernel = FakeAutotuner("llama_fwd")
     tuning.seed(kernel, "h1", 0)
     assert kernel.cache == {}
+
+    # a stale entry in an earlier directory does not hide a current one in a later directory
+    tuning.write_entries(second, FAKE_GPU, [entry(m=32)])
+    kernel = FakeAutotuner("llama_fwd")
+    tuning.seed(kernel, "h1", 0)
+    assert {key: c.kwargs["BLOCK_M"] for key, c in kernel.cache.items()} == {tuple(KEY): 32}
 
 
 def test_code_hash_covers_every_triton_function_of_the_module(llama, tmp_path):
@@ -209,17 +225,21 @@ def test_code_hash_covers_every_triton_function_of_the_module(llama, tmp_path):
     assert len(hashes) == 1
     source = Path(llama.module.__file__).read_text(encoding="utf-8")
     assert "def _tile_start(" in source
-    path = tmp_path / "llama_edited.py"
-    path.write_text(source.replace("def _tile_start(", "def _tile_start(  # edited\n    ", 1),
-                    encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("llama_edited", path)
-    edited = importlib.util.module_from_spec(spec)
-    sys.modules["llama_edited"] = edited  # code_hash finds a kernel's module by name
-    try:
-        spec.loader.exec_module(edited)
-        assert tuning.code_hash(edited.llama_fwd) not in hashes
-    finally:
-        del sys.modules["llama_edited"]
+
+    def load_copy(name: str, text: str):  # never registered in sys.modules, as ab.py loads
+        path = tmp_path / f"{name}.py"
+        path.write_text(text, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    # the same code under another module name and header (attngen build output vs the cache)
+    same = load_copy("llama_copy", "# another header\n" + source)
+    assert tuning.code_hash(same.llama_fwd) in hashes
+    edited = load_copy("llama_edited", source.replace(
+        "def _tile_start(", "def _tile_start(  # edited\n    ", 1))
+    assert tuning.code_hash(edited.llama_fwd) not in hashes
 
 
 def test_seed_keeps_what_the_autotuner_already_chose(gpu_tables):
