@@ -36,6 +36,31 @@ class CompiledKernel:
     shared_memory: int  # bytes, as the compiler laid it out
     uses_wgmma: bool  # Hopper warpgroup MMA instructions in the PTX
     cubin_bytes: int
+    registers: int | None = None  # per thread (ptxas -v; with resources=True)
+    spill_bytes: int | None = None  # stored to local memory per thread (ptxas -v)
+
+
+def ptxas_resources(ptx: str, arch: int) -> tuple[int, int]:
+    """Registers per thread and spill-store bytes of a kernel, from ``ptxas -v`` (Triton's own
+    ptxas) on its PTX: register pressure is visible without a GPU."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = f"{tmp}/kernel.ptx"
+        with open(src, "w", encoding="utf-8") as f:
+            f.write(ptx)
+        log = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name={sm_arch_from_capability(arch)}",
+                              src, "-o", f"{tmp}/kernel.cubin"],
+                             capture_output=True, text=True, check=True).stderr
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores", log)
+    if registers is None:
+        raise RuntimeError(f"ptxas -v reported no register count:\n{log[-2000:]}")
+    return int(registers.group(1)), int(spills.group(1)) if spills else 0
 
 
 def _signature(module, fn, dtype: torch.dtype, head_dim: int) -> tuple[dict, dict]:
@@ -105,8 +130,9 @@ def kernels_of(module, which: tuple[str, ...] = GROUPS) -> list[str]:
 
 
 def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch: int = 90,
-                   config_index: int = 0) -> CompiledKernel:
-    """Compile one generated kernel for ``sm_<arch>`` with one of its autotune configs."""
+                   config_index: int = 0, resources: bool = False) -> CompiledKernel:
+    """Compile one generated kernel for ``sm_<arch>`` with one of its autotune configs
+    (``resources``: also its registers and spills, from ptxas)."""
     variant = BLOCK_SPARSE if kernel.endswith(BLOCK_SPARSE) else ""
     kernel = kernel[:len(kernel) - len(variant)]
     obj = getattr(module, kernel)
@@ -154,7 +180,9 @@ def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch:
                               target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     ptx = compiled.asm["ptx"]
+    registers, spill_bytes = ptxas_resources(ptx, arch) if resources else (None, None)
     return CompiledKernel(
         kernel=fn.__name__ + variant, dtype=_TRITON_TYPES[dtype], head_dim=head_dim, arch=arch,
         config=label, shared_memory=compiled.metadata.shared, uses_wgmma="wgmma" in ptx,
-        cubin_bytes=len(compiled.asm.get("cubin", b"")))
+        cubin_bytes=len(compiled.asm.get("cubin", b"")), registers=registers,
+        spill_bytes=spill_bytes)

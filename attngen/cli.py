@@ -118,7 +118,11 @@ def build(files: tuple[str, ...], out_dir: str, check_only: bool) -> None:
 @click.option("--kernels", "which", default="fwd,bwd,decode,block_mask", show_default=True,
               help="Comma list of kernel groups: fwd, bwd, decode, block_mask (the block-classes "
                    "kernel and the kernel variants that read a block mask).")
-def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, which: str) -> None:
+@click.option("--resources", is_flag=True,
+              help="Also report registers per thread and bytes spilled to local memory (ptxas -v "
+                   "on each kernel's PTX: a few seconds more per kernel).")
+def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, which: str,
+                resources: bool) -> None:
     """Compile the kernels of spec FILES for a GPU target; no GPU needed.
 
     Fails if a kernel does not compile, needs more shared memory than the target has, or (an
@@ -129,6 +133,7 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, 
     \b
     Example:
       attngen compile examples/*.attn --arch 90 --dtype bf16,fp16
+      attngen compile examples/llama.attn --kernels bwd --head-dim 128 --resources
     """
     import itertools
     import os
@@ -156,7 +161,8 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, 
                 or list(attention.head_dims)
             for dtype, dim, kernel in itertools.product(wanted, dims, kernels_of(op.module, groups)):
                 try:
-                    k = compile_kernel(op.module, kernel, SPEC_DTYPES[dtype], dim, arch)
+                    k = compile_kernel(op.module, kernel, SPEC_DTYPES[dtype], dim, arch,
+                                       resources=resources)
                 except Exception as err:  # a compiler failure is reported, not raised
                     first_line = (str(err).strip().splitlines() or [""])[0]
                     click.echo(f"{path}: {kernel} {dtype} D={dim} sm_{arch}: FAILED: "
@@ -171,6 +177,8 @@ def compile_cmd(files: tuple[str, ...], arch: int, dtypes: str, head_dims: str, 
                 click.echo(f"{path}: {k.kernel} {dtype} D={dim} sm_{arch} [{k.config}]: "
                            f"smem {k.shared_memory} B, cubin {k.cubin_bytes} B, "
                            f"wgmma {'yes' if k.uses_wgmma else 'NO'}"
+                           + (f", regs {k.registers}, spills {k.spill_bytes} B" if resources
+                              else "") +
                            f"{'  <- expected wgmma' if missing else ''}"
                            f"{f'  <- over the {limit} B of shared memory' if too_big else ''}")
     sys.exit(1 if failed else 0)

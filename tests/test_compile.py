@@ -63,7 +63,8 @@ INT_POW_SPEC = "attention ipow {\n    score score + 0.001 * (kv - q) ** 5\n}\n"
 LINE = re.compile(
     r"^(?P<path>\S+): (?P<kernel>\w+) (?P<dtype>bf16|fp16|fp32) D=(?P<d>\d+) sm_(?P<arch>\d+) "
     r"\[(?P<config>[^\]]*)\]: smem (?P<smem>\d+) B, cubin (?P<cubin>\d+) B, "
-    r"wgmma (?P<wgmma>yes|NO)(?P<missing>  <- expected wgmma)?$")
+    r"wgmma (?P<wgmma>yes|NO)(, regs (?P<regs>\d+), spills (?P<spills>\d+) B)?"
+    r"(?P<missing>  <- expected wgmma)?$")
 
 
 def _compile(tmp: Path, attngen_cache: Path, *args: str, timeout: int = COMMAND_LIMIT_S):
@@ -101,7 +102,7 @@ def runs(tmp_path_factory, attngen_cache_dir):
         "d80": ("examples/llama.attn", "--dtype", "fp16", "--head-dim", "80",
                 "--kernels", "fwd,bwd,decode"),
         "ipow": (str(tmp / "ipow.attn"), "--dtype", "fp16", "--head-dim", "64", "--kernels",
-                 "fwd"),
+                 "fwd", "--resources"),
     }
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=JOBS) as pool:
@@ -244,6 +245,9 @@ def test_integer_power_compiles(runs):
     proc, lines, _ = runs["ipow"]
     assert proc.returncode == 0, _log(proc)
     assert _fwd_lines(lines, "ipow") == [("fp16", 64, "90", "yes")]
+    # --resources: ptxas's register count (a Hopper thread has at most 255) and spill bytes
+    (line,) = lines
+    assert 0 < int(line["regs"]) <= 255 and int(line["spills"]) >= 0
 
 
 def test_sixteen_wide_head_dim_compiles_every_kernel(runs):
