@@ -103,6 +103,9 @@ def runs(tmp_path_factory, attngen_cache_dir):
                 "--kernels", "fwd,bwd,decode"),
         "ipow": (str(tmp / "ipow.attn"), "--dtype", "fp16", "--head-dim", "64", "--kernels",
                  "fwd", "--resources"),
+        # register pressure of the kernels the benchmarks time (causal, D=128, bf16)
+        "spills": ("examples/llama.attn", "--dtype", "bf16", "--head-dim", "128", "--kernels",
+                   "fwd,bwd", "--resources"),
     }
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=JOBS) as pool:
@@ -248,6 +251,18 @@ def test_integer_power_compiles(runs):
     # --resources: ptxas's register count (a Hopper thread has at most 255) and spill bytes
     (line,) = lines
     assert 0 < int(line["regs"]) <= 255 and int(line["spills"]) >= 0
+
+
+def test_spills_stay_where_they_were_measured(runs):
+    """Registers are the budget these kernels live on (ptxas, sm_90): the forward and dQ kernels
+    do not spill; dK/dV spilled 1.5 KB per thread with one tile loop per range and 400 B with the
+    two loops (benchmarks/results/2026-11-30-h200-two-loops.md). A template change that spills
+    more shows here first, without a GPU."""
+    proc, lines, _ = runs["spills"]
+    assert proc.returncode == 0, _log(proc)
+    spills = {ln["kernel"]: int(ln["spills"]) for ln in lines}
+    assert spills["llama_fwd"] == 0 and spills["llama_bwd_dq"] == 0, spills
+    assert spills["llama_bwd_dkdv"] <= 512, spills
 
 
 def test_sixteen_wide_head_dim_compiles_every_kernel(runs):
