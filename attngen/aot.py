@@ -150,6 +150,8 @@ def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch:
                                    SHARED_MEMORY_LIMITS.get(arch, SHARED_MEMORY_LIMITS[90]),
                                    module.TILE_LOADS, decode_m, role)[0]
         flags = module.BWD_FLAGS if "_bwd_" in kernel else module.FWD_FLAGS
+        if kernel.endswith("_bwd_dkdv"):  # the variant looping over query heads (GQA)
+            flags = dict(flags, GQA=True)
         if not kernel.endswith("_decode_kernel"):  # a block mask of 128 x 128 blocks, or none
             flags = dict(flags, **sparse_flags((128, 128) if variant else ()))
         if kernel.endswith("_decode_kernel"):  # the paged variant, one token of 4:1 GQA
