@@ -159,7 +159,7 @@ def _tile_start(
 ):
     """A tile loop's counter t -> the tile's first position. The loop counts positions of up to
     three runs laid end to end: [0, end_a) from position at_a, [end_a, end_b) from at_b, the rest
-    from at_c (_partial_runs; one run: end_a = end_b = BIG). LISTED (a block mask's list): run
+    from at_c (_tile_runs; one run: end_a = end_b = BIG). LISTED (a block mask's list): run
     position t of the listed blocks, block i holding blocks[i] * SPARSE + [0, SPARSE)."""
     if LISTED:
         return tl.load(blocks + t // SPARSE) * SPARSE + t % SPARSE
@@ -169,13 +169,17 @@ def _tile_start(
 
 
 @triton.jit
-def _partial_runs(below_lo, below_hi, lo, full_lo, full_hi, hi, BLOCK: tl.constexpr):
-    """The PARTIAL tiles as one loop: the tiles below a gap [below_lo, below_hi), those before
-    the FULL ones [lo, full_lo) and those after them [full_hi, hi), laid end to end. Returns the
-    loop's length and the runs' ends (positions counted from 0; see _tile_start)."""
+def _tile_runs(lo, full_lo, full_hi, hi, gap_lo, gap_hi, first, end, BLOCK: tl.constexpr):
+    """The mask analysis's ranges (positions) -> the two tile loops: the PARTIAL tiles below a gap
+    (_split_at_gap), before the FULL ones and after them, laid end to end as one loop of
+    `partial` positions (runs ending at end_a, end_b and starting at at_a, at_b, at_c: see
+    _tile_start), and the FULL tiles [full_lo, full_hi) (indices: position - first)."""
+    below_lo, below_hi, lo = _split_at_gap(lo, hi, gap_lo, gap_hi, first, end, BLOCK)
+    lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, first, end, BLOCK)
     end_a = tl.cdiv(below_hi - below_lo, BLOCK) * BLOCK
     end_b = end_a + full_lo - lo
-    return end_b + tl.cdiv(hi - full_hi, BLOCK) * BLOCK, end_a, end_b
+    partial = end_b + tl.cdiv(hi - full_hi, BLOCK) * BLOCK
+    return partial, end_a, end_b, below_lo, lo, full_hi, full_lo, full_hi
 
 
 @triton.jit
@@ -398,22 +402,21 @@ def alibi_fwd(
         # kv <= q
         full_hi = tl.minimum(full_hi, first_q + 1)
         hi = tl.minimum(hi, last_q + 1)
-        below_lo, below_hi, lo = _split_at_gap(lo, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N)
-        lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
-        partial, end_a, end_b = _partial_runs(below_lo, below_hi, lo, full_lo, full_hi, hi, BLOCK_N)
-        at_a, at_b, at_c = below_lo, lo, full_hi
+        partial, end_a, end_b, at_a, at_b, at_c, full_lo, full_hi = _tile_runs(
+            lo, full_lo, full_hi, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N
+        )
         blocks = Q  # unused
     # two loops: the PARTIAL tiles (below a gap (sinks), before the FULL ones (a window's edge),
     # after them (the diagonal, the sequence's ragged end)) with mask math, then the FULL ones
     # without; a block mask: its PARTIAL list, then its FULL list. (Every further loop costs
     # registers that the compiler keeps across all of them: the backward spilled with four.)
     for i in tl.static_range(2):
-        if BLOCK_SPARSE:
+        if BLOCK_SPARSE:  # the block mask's PARTIAL list (i = 0), then its FULL list
             blocks = lists + i * stride_sc + 1
             end = tl.load(lists + i * stride_sc) * SPARSE_N
-        elif i == 0:
+        elif i == 0:  # the PARTIAL runs laid end to end
             end = partial
-        else:  # one run
+        else:  # the FULL tiles: one run
             end = full_hi - full_lo
             end_a, end_b, at_a = BIG, BIG, full_lo
         acc, l_i, m_i = _alibi_fwd_tiles(
@@ -886,24 +889,17 @@ def alibi_bwd_dkdv(
             # kv <= q
             lo = tl.maximum(lo, first_kv)
             full_lo = tl.maximum(full_lo, last_kv)
-            below_lo, below_hi, lo = _split_at_gap(
-                lo, hi, gap_lo, gap_hi, kv_len - q_len, kv_len, BLOCK_M
+            partial, end_a, end_b, at_a, at_b, at_c, full_lo, full_hi = _tile_runs(
+                lo, full_lo, full_hi, hi, gap_lo, gap_hi, kv_len - q_len, kv_len, BLOCK_M
             )
-            lo, full_lo, full_hi, hi = _tile_ranges(
-                lo, full_lo, full_hi, hi, kv_len - q_len, kv_len, BLOCK_M
-            )
-            partial, end_a, end_b = _partial_runs(
-                below_lo, below_hi, lo, full_lo, full_hi, hi, BLOCK_M
-            )
-            at_a, at_b, at_c = below_lo, lo, full_hi
             blocks = Q  # unused
         for i in tl.static_range(2):  # the forward's two loops (transposed): PARTIAL, FULL
-            if BLOCK_SPARSE:
+            if BLOCK_SPARSE:  # the block mask's PARTIAL list (i = 0), then its FULL list
                 blocks = lists + i * stride_sc + 1
                 end = tl.load(lists + i * stride_sc) * SPARSE_M
-            elif i == 0:
+            elif i == 0:  # the PARTIAL runs laid end to end
                 end = partial
-            else:  # one run
+            else:  # the FULL tiles: one run
                 end = full_hi - full_lo
                 end_a, end_b, at_a = BIG, BIG, full_lo
             dk, dv = _alibi_bwd_dkdv_tiles(
@@ -1203,18 +1199,17 @@ def alibi_bwd_dq(
         # kv <= q
         full_hi = tl.minimum(full_hi, first_q + 1)
         hi = tl.minimum(hi, last_q + 1)
-        below_lo, below_hi, lo = _split_at_gap(lo, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N)
-        lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
-        partial, end_a, end_b = _partial_runs(below_lo, below_hi, lo, full_lo, full_hi, hi, BLOCK_N)
-        at_a, at_b, at_c = below_lo, lo, full_hi
+        partial, end_a, end_b, at_a, at_b, at_c, full_lo, full_hi = _tile_runs(
+            lo, full_lo, full_hi, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N
+        )
         blocks = Q  # unused
     for i in tl.static_range(2):  # the forward's two loops: PARTIAL, FULL
-        if BLOCK_SPARSE:
+        if BLOCK_SPARSE:  # the block mask's PARTIAL list (i = 0), then its FULL list
             blocks = lists + i * stride_sc + 1
             end = tl.load(lists + i * stride_sc) * SPARSE_N
-        elif i == 0:
+        elif i == 0:  # the PARTIAL runs laid end to end
             end = partial
-        else:  # one run
+        else:  # the FULL tiles: one run
             end = full_hi - full_lo
             end_a, end_b, at_a = BIG, BIG, full_lo
         dq, g0 = _alibi_bwd_dq_tiles(
