@@ -537,14 +537,16 @@ DEFAULT_SPACES = {
                (0, 64, 2, 3)),
 }
 # Head dims past 128 run at BLOCK_D 256, which doubles the accumulators (dK and dV: BLOCK_N x 256
-# fp32 each): with the spaces above ptxas (sm_90, bf16, gemma2_local) spills 2-4 KB per thread
-# in dK/dV and up to 4 KB in the forward; these spill at most 148 bytes (8 warps over 64 keys,
-# 16-32 query steps; 64-row forward tiles over 8 warps). Chosen from ptxas reports, not timed.
+# fp32 each). Timed on an H200 (gemma2_local, B=2 H=8 N=8192 D=256 bf16, benchmarks/ab.py; results
+# 2026-11-30-h200-wide-spaces.md): dK/dV 32x32/4w 4.06 ms and 32x64/8w 4.53 against 6.42 for the
+# best of the spaces above (the first config is the 64-key one: 32 keys are below a warpgroup
+# MMA's 64 rows, and AUTOTUNE=0 and aot keep wgmma); dQ 128x32/8w/3s 1.24 against 1.41; the forward's best stays 64x64/4w/3s (1.06;
+# the 8-warp 64-row tiles that ptxas liked took 1.6-1.8).
 WIDE_BLOCK_D = 256
 WIDE_SPACES = {
-    "fwd": ((64, 64, 8, 3), (128, 32, 8, 2), (64, 32, 4, 3), (64, 64, 8, 2)),
-    "bwd_dkdv": ((16, 64, 8, 2), (32, 64, 8, 2), (16, 32, 4, 2), (32, 32, 4, 2)),
-    "bwd_dq": ((128, 32, 8, 3), (64, 32, 8, 2), (128, 32, 8, 2)),
+    "fwd": ((64, 64, 4, 3), (64, 32, 4, 2), (128, 32, 8, 2), (64, 32, 4, 3)),
+    "bwd_dkdv": ((32, 64, 8, 2), (32, 32, 4, 2), (16, 32, 4, 2), (16, 64, 8, 2)),
+    "bwd_dq": ((128, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 3)),
 }
 _DEFAULT_KNOBS = {"m": 128, "n": 64, "warps": 4, "stages": 2}
 # The interpreter runs tiles as numpy arrays: one mid-sized config keeps it quick.

@@ -1,6 +1,7 @@
 """A/B timing of kernel variants in one process, on a GPU: each variant is a copy of a generated
 module (`attngen build`, then edit the copy); every (variant, config) pair runs the op's forward
-(and backward) and reports one kernel's device time from the profiler. Same process, same
+(and backward) and reports one kernel's device time and all kernels' (the profiler's sums)
+and the call's median (do_bench: where kernels overlap or the host lags, it differs from the sum). Same process, same
 inputs, fixed configs: differences are the edits, not the autotuner or the machine's mood.
 
     cp generated/llama.py /tmp/a.py; cp generated/llama.py /tmp/b.py   # then edit /tmp/b.py
@@ -22,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
 
 import attngen  # noqa: E402
 from sweep import inputs  # noqa: E402
@@ -34,8 +36,10 @@ def load_variant(path: str):
     return module
 
 
-def kernel_ms(module, kernel: str, config: tuple, op, shape, backward: bool, iters: int) -> float:
-    """Device ms per call of `kernel` with one fixed config, from the profiler."""
+def kernel_ms(module, kernel: str, config: tuple, op, shape, backward: bool,
+              iters: int) -> tuple[float, float]:
+    """Device ms per call of `kernel` with one fixed config, and of all kernels of the call
+    (forward, and backward when `kernel` is a backward one), from the profiler."""
     B, H, N, D = shape
     autotuner = getattr(module, kernel)
     m, n, warps, stages = config
@@ -58,8 +62,11 @@ def kernel_ms(module, kernel: str, config: tuple, op, shape, backward: bool, ite
         for _ in range(iters):
             step()
         torch.cuda.synchronize()
-    times = [e.device_time_total for e in prof.key_averages() if e.key == kernel]
-    return times[0] / 1000 / iters if times else float("nan")
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    times = [e.device_time_total for e in events if e.key == kernel]
+    total = sum(e.device_time_total for e in events) / 1000 / iters
+    wall = do_bench(step, warmup=10, rep=100, return_mode="median")
+    return (times[0] / 1000 / iters if times else float("nan")), total, wall
 
 
 def main() -> None:
@@ -76,14 +83,22 @@ def main() -> None:
     op = attngen.load(args.spec)
     backward = "_bwd_" in args.kernel
     modules = {path: load_variant(path) for path in args.variants}
-    rows = [(path, c, kernel_ms(modules[path], args.kernel, c, op, shape, backward, args.iters))
-            for path in args.variants for c in configs]
+    rows = []
+    for path in args.variants:
+        for c in configs:
+            try:
+                ms = kernel_ms(modules[path], args.kernel, c, op, shape, backward, args.iters)
+            except Exception as err:  # e.g. out of shared memory: the other configs still run
+                print(f"{path} {c}: {type(err).__name__}: {str(err)[:200]}", flush=True)
+                ms = float("nan"), float("nan"), float("nan")
+            rows.append((path, c, ms))
     again = kernel_ms(modules[rows[0][0]], args.kernel, rows[0][1], op, shape, backward, args.iters)
     print(f"{args.kernel} B,H,N,D={args.shape} ({torch.cuda.get_device_name()})")
-    print("| variant | config (m, n, warps, stages) | ms |\n|---|---|---|")
-    for path, config, ms in rows:
-        print(f"| {path} | {config} | {ms:.4f} |")
-    print(f"noise: first pair again {again:.4f} ms ({rows[0][2]:.4f} first)")
+    print("| variant | config (m, n, warps, stages) | kernel ms | all kernels ms | call ms |\n"
+          "|---|---|---|---|---|")
+    for path, config, (ms, total, wall) in rows:
+        print(f"| {path} | {config} | {ms:.4f} | {total:.4f} | {wall:.4f} |")
+    print(f"noise: first pair again {again[0]:.4f} ms ({rows[0][2][0]:.4f} first)")
 
 
 if __name__ == "__main__":
