@@ -584,6 +584,18 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Host-side integer helpers for launches: triton.cdiv and triton.next_power_of_2 are constexpr
+# functions, a few microseconds per host call through Triton's call machinery; a forward and
+# backward makes about ten such calls.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n, as triton.next_power_of_2 (0 for 0)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def length_bucket(n: int) -> int:
     """Autotuning key for a sequence length: its power-of-two bucket, so 1000 and 1024 share."""
     return 1 << max(4, (max(n, 1) - 1).bit_length())

@@ -62,8 +62,22 @@ def main() -> None:
         pass
 
     cases["empty kernel launch"] = lambda: _nothing[(1,)](q)
+    # a training step's host work: forward + backward with a document mask (4 launches)
+    docs = attngen.load(EXAMPLES / "packed_docs.attn")
+    qd, kd, vd = (torch.randn(2, 4, 256, 128, device="cuda", dtype=dt, requires_grad=True)
+                  for _ in range(3))
+    ids = ((torch.arange(256, device="cuda") * 8) // 256).to(torch.int32).expand(2, 256).contiguous()
+    d_out = torch.randn_like(qd)
+    cases["fwd + bwd, 8 docs"] = lambda: torch.autograd.grad(docs(qd, kd, vd, doc=ids),
+                                                             (qd, kd, vd), d_out)
     for name, fn in cases.items():
         print(f"{name:22} {per_call_us(fn):8.1f} us per call", flush=True)
+    # the same step with the autotuned kernels' launches (Triton's autotuner, binder and
+    # launcher) replaced by nothing: what is left is attngen's Python, torch and autograd
+    launch = docs.module._launch
+    docs.module._launch = lambda *args, **kwargs: None
+    print(f"{'  without launches':22} {per_call_us(cases['fwd + bwd, 8 docs']):8.1f} us per call")
+    docs.module._launch = launch
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(300):

@@ -554,7 +554,7 @@ def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device
     )
     mask_batch = shapes.batch if "b" in MASK_READS else 1
     mask_heads = shapes.heads_q if {"h", "hkv"} & set(MASK_READS) else 1
-    blocks = (triton.cdiv(q_len, sizes[0]), triton.cdiv(kv_len, sizes[1]))
+    blocks = (runtime.cdiv(q_len, sizes[0]), runtime.cdiv(kv_len, sizes[1]))
     runtime.check_block_mask_size(NAME, (mask_batch, mask_heads, *blocks))
     classes = torch.zeros((mask_batch, mask_heads, *blocks), dtype=torch.int8, device=device)
     if classes.numel():
@@ -1487,7 +1487,7 @@ def _launch_fwd(q, k, v, scale, params, shapes, sparse=(), block=(), trace=None)
         out.zero_()
         lse.fill_(-float("inf"))
         return out, lse
-    grid = lambda meta: (triton.cdiv(shapes.q_len, meta["BLOCK_M"]), shapes.batch * shapes.heads_q)
+    grid = lambda meta: (runtime.cdiv(shapes.q_len, meta["BLOCK_M"]), shapes.batch * shapes.heads_q)
     args = [
         q,
         k,
@@ -1512,7 +1512,7 @@ def _launch_fwd(q, k, v, scale, params, shapes, sparse=(), block=(), trace=None)
     ]
     flags = dict(
         HEAD_DIM=shapes.head_dim,
-        BLOCK_D=triton.next_power_of_2(shapes.head_dim),
+        BLOCK_D=runtime.next_power_of_2(shapes.head_dim),
         PRECISION=runtime.dot_precision(q.dtype),
         **FWD_FLAGS,
         **runtime.sparse_flags(block),
@@ -1528,7 +1528,7 @@ def _launch_bwd(
     (key blocks per query block, query blocks per key block) of block sizes `block`."""
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
-    grad_rows = triton.cdiv(shapes.q_len, 16)  # partial-sum rows per (batch, head): BLOCK_M >= 16
+    grad_rows = runtime.cdiv(shapes.q_len, 16)  # partial-sum rows per (batch, head): BLOCK_M >= 16
     buffers = []
     for name, varying in GRAD_TERMS:
         numel = params[name].numel()
@@ -1536,7 +1536,7 @@ def _launch_bwd(
         buffers.append(torch.zeros((rows, numel), dtype=torch.float32, device=q.device))
     if out.numel() and shapes.kv_len:
         delta = torch.empty_like(lse)
-        preprocess_grid = (triton.cdiv(shapes.q_len, 64), shapes.batch * shapes.heads_q)
+        preprocess_grid = (runtime.cdiv(shapes.q_len, 64), shapes.batch * shapes.heads_q)
         _encoder_bwd_preprocess[preprocess_grid](
             out,
             grad_out,
@@ -1547,13 +1547,13 @@ def _launch_bwd(
             shapes.heads_q,
             shapes.q_len,
             HEAD_DIM=shapes.head_dim,
-            BLOCK_D=triton.next_power_of_2(shapes.head_dim),
+            BLOCK_D=runtime.next_power_of_2(shapes.head_dim),
             HAS_DLSE=grad_lse is not None,
             BLOCK_M=64,
         )
         common = dict(
             HEAD_DIM=shapes.head_dim,
-            BLOCK_D=triton.next_power_of_2(shapes.head_dim),
+            BLOCK_D=runtime.next_power_of_2(shapes.head_dim),
             PRECISION=runtime.dot_precision(q.dtype),
             **BWD_FLAGS,
             **runtime.sparse_flags(block),
@@ -1572,7 +1572,7 @@ def _launch_bwd(
             *_documents(params, shapes),
         ]
         dkdv_grid = lambda meta: (
-            triton.cdiv(shapes.kv_len, meta["BLOCK_N"]),
+            runtime.cdiv(shapes.kv_len, meta["BLOCK_N"]),
             shapes.batch * shapes.heads_kv,
         )
         dkdv_args = [
@@ -1604,7 +1604,7 @@ def _launch_bwd(
         )
         grad_args = [x for buffer in buffers for x in (buffer, buffer.shape[1])]
         dq_grid = lambda meta: (
-            triton.cdiv(shapes.q_len, meta["BLOCK_M"]),
+            runtime.cdiv(shapes.q_len, meta["BLOCK_M"]),
             shapes.batch * shapes.heads_q,
         )
         dq_args = [
@@ -1660,7 +1660,7 @@ def _launch_decode(
         return out, lse
     rows = shapes.group * q_len  # query rows per kv head, packed into tiles of BLOCK_M
     block_m = runtime.decode_block_m(rows)
-    programs = batch * heads_kv * triton.cdiv(rows, block_m)
+    programs = batch * heads_kv * runtime.cdiv(rows, block_m)
     if splits == 1:
         part, part_lse = out, lse
         part_strides = (*out.stride()[:3], 0, *lse.stride())
@@ -1700,7 +1700,7 @@ def _launch_decode(
     ]
     flags = dict(
         HEAD_DIM=head_dim,
-        BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_D=runtime.next_power_of_2(head_dim),
         PRECISION=runtime.dot_precision(q.dtype),
         PAGED=page_table is not None,
         BLOCK_M=block_m,
@@ -1720,8 +1720,8 @@ def _launch_decode(
             q_len,
             splits,
             HEAD_DIM=head_dim,
-            BLOCK_D=triton.next_power_of_2(head_dim),
-            BLOCK_S=triton.next_power_of_2(splits),
+            BLOCK_D=runtime.next_power_of_2(head_dim),
+            BLOCK_S=runtime.next_power_of_2(splits),
         )
     return out, lse
 
@@ -1830,8 +1830,8 @@ def trace_decode_tiles(
         q, k_cache, v_cache, kv_len, page_table, params
     )
     rows = shapes.group * shapes.q_len
-    row_blocks = triton.cdiv(rows, runtime.decode_block_m(rows))
-    tiles = (shapes.batch, shapes.heads_kv, row_blocks, triton.cdiv(shapes.kv_len, block_n))
+    row_blocks = runtime.cdiv(rows, runtime.decode_block_m(rows))
+    tiles = (shapes.batch, shapes.heads_kv, row_blocks, runtime.cdiv(shapes.kv_len, block_n))
     trace = dict(block_n=block_n, decode=torch.zeros(tiles, dtype=torch.int8, device=q.device))
     scale = runtime.default_scale(None, shapes.head_dim)
     splits = runtime.decode_splits(shapes, q.device, num_splits)
@@ -2026,8 +2026,8 @@ def trace_tiles(q, k, v, *, kernel="fwd", block_m=16, block_n=16, block_mask=Non
     tiles = (
         shapes.batch,
         shapes.heads_q,
-        triton.cdiv(shapes.q_len, block_m),
-        triton.cdiv(shapes.kv_len, block_n),
+        runtime.cdiv(shapes.q_len, block_m),
+        runtime.cdiv(shapes.kv_len, block_n),
     )
     trace = dict(block_m=block_m, block_n=block_n)
     trace.update({name: torch.zeros(tiles, dtype=torch.int8, device=q.device) for name in kernels})
