@@ -366,12 +366,12 @@ def bench(out_dir: Path, quick: bool = False, cases=None, name: str = "bench") -
         q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
         impls = {"attngen": lambda: op(q, k, v, **params)}
         if mode in ("full", "causal"):
-            for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
+            for impl, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
                              ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
                 def sdpa(be=be):
                     with sdpa_kernel([be]):
                         return F.scaled_dot_product_attention(q, k, v, is_causal=mode == "causal")
-                impls[name] = sdpa
+                impls[impl] = sdpa
         causal = lambda b, h, i, j: i >= j  # noqa: E731
         masks = {"full": None, "causal": causal, "softcap": causal, "alibi": causal,
                  "window1024": lambda b, h, i, j: (i >= j) & (i - j < 1024),
@@ -385,26 +385,26 @@ def bench(out_dir: Path, quick: bool = False, cases=None, name: str = "bench") -
             score_mod = lambda s, b, h, i, j: s + slopes[h] * (j - i)  # noqa: E731
         impls["flex"] = lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
         outs = {}
-        for name, fn in impls.items():
+        for impl, fn in impls.items():
             try:
                 start = time.time()
-                outs[name] = fn()
+                outs[impl] = fn()
                 torch.cuda.synchronize()
                 first = time.time() - start
                 ms = timed(fn)
-                d_out = torch.randn_like(outs[name])
+                d_out = torch.randn_like(outs[impl])
 
                 def fwd_bwd(fn=fn, d_out=d_out):
                     torch.autograd.grad(fn(), (q, k, v), d_out)
 
                 ms_both = timed(fwd_bwd)
-                rows.append(dict(case=case, impl=name, mode=mode, B=B, H=H, N=N, D=D,
+                rows.append(dict(case=case, impl=impl, mode=mode, B=B, H=H, N=N, D=D,
                                  fwd_ms=round(ms, 4), fwd_tflops=round(flop / ms / 1e9, 1),
                                  bwd_ms=round(ms_both - ms, 4),
                                  bwd_tflops=round(2.5 * flop / (ms_both - ms) / 1e9, 1),
                                  first_call_s=round(first, 2)))
             except Exception as err:  # a peer failing must not hide the others
-                rows.append(dict(case=case, impl=name, mode=mode, N=N, D=D, error=repr(err)[:300]))
+                rows.append(dict(case=case, impl=impl, mode=mode, N=N, D=D, error=repr(err)[:300]))
             print(json.dumps(rows[-1]), flush=True)
         if "flex" in outs and "attngen" in outs:  # same function: outputs must agree
             diff = (outs["attngen"].detach().float() - outs["flex"].detach().float()).abs().max().item()

@@ -1538,7 +1538,7 @@ def _launch(kernel, grid, args, flags, trace):
     if trace is None:
         if not _INTERPRET:
             runtime.seed_tuning(kernel, SPEC_HASH, args[0].device.index)
-        kernel[grid](*args, **flags)
+        runtime.launch(kernel, grid, args, flags)
     else:
         kernel.fn[grid](
             *args,
