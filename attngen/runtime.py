@@ -537,11 +537,11 @@ DEFAULT_SPACES = {
                (0, 64, 2, 3)),
 }
 # Head dims past 128 run at BLOCK_D 256, which doubles the accumulators (dK and dV: BLOCK_N x 256
-# fp32 each). Timed on an H200 (gemma2_local, B=2 H=8 N=8192 D=256 bf16, benchmarks/ab.py; results
-# 2026-11-30-h200-wide-spaces.md): dK/dV 32x32/4w 4.06 ms and 32x64/8w 4.53 against 6.42 for the
-# best of the spaces above (the first config is the 64-key one: 32 keys are below a warpgroup
-# MMA's 64 rows, and AUTOTUNE=0 and aot keep wgmma); dQ 128x32/8w/3s 1.24 against 1.41; the forward's best stays 64x64/4w/3s (1.06;
-# the 8-warp 64-row tiles that ptxas liked took 1.6-1.8).
+# fp32 each). Timed on an H200 (gemma2_local, B=2 H=8 N=8192 D=256 bf16, benchmarks/ab.py;
+# results 2026-11-30-h200-wide-spaces.md): dK/dV 32x32/4w 4.06 ms and 32x64/8w 4.53 against 6.42
+# for the best of the spaces above (the 64-key config goes first: 32 keys are below a warpgroup
+# MMA's 64 rows, and AUTOTUNE=0 and aot keep wgmma); dQ 128x32/8w/3s 1.24 against 1.41; the
+# forward's best stays 64x64/4w/3s (1.06; the 8-warp 64-row tiles that ptxas liked took 1.6-1.8).
 WIDE_BLOCK_D = 256
 WIDE_SPACES = {
     "fwd": ((64, 64, 4, 3), (64, 32, 4, 2), (128, 32, 8, 2), (64, 32, 4, 3)),
@@ -814,10 +814,11 @@ _KEY_POSITIONS: dict = {}
 def launch(kernel, grid, args: list, flags: dict) -> None:
     """``kernel[grid](*args, **flags)`` for an autotuned kernel, on the arguments' device.
 
-    Once the autotuner has chosen a config for the call's key, the chosen config's kernel is
-    launched directly: the autotuner's own per-call work (dicts over all ~60 arguments, a
-    dtype string per argument) was most of a launch's host time (about 160 us per launch on
-    the H200 machine's CPU, against 15 us for an empty kernel)."""
+    Once the autotuner has chosen a config for the call's key, that config's kernel is
+    launched directly, without the autotuner's per-call work (dicts over all ~60 arguments, a
+    dtype string per tensor): about 20 us per launch on the H200 machine's CPU. The rest of a
+    launch there, ~170 us against 15 us for an empty kernel, is Triton's binder and launcher
+    going through the arguments (results 2026-11-30-h200-tuned.md)."""
     first = args[0]
     if first.is_cuda and first.device.index != torch.cuda.current_device():
         with torch.cuda.device(first.device):  # Triton launches on the current device

@@ -1,15 +1,16 @@
 """A/B timing of kernel variants in one process, on a GPU: each variant is a copy of a generated
 module (`attngen build`, then edit the copy); every (variant, config) pair runs the op's forward
-(and backward) and reports one kernel's device time and all kernels' (the profiler's sums)
-and the call's median (do_bench: where kernels overlap or the host lags, it differs from the sum). Same process, same
-inputs, fixed configs: differences are the edits, not the autotuner or the machine's mood.
+(and backward) and reports, from the profiler, one kernel's device time and all kernels' (sums),
+and the call's median (do_bench: where kernels overlap or the host lags, it differs from the
+sum). Same process, same inputs, fixed configs: differences are the edits, not the autotuner or
+the machine's mood.
 
     cp generated/llama.py /tmp/a.py; cp generated/llama.py /tmp/b.py   # then edit /tmp/b.py
     python benchmarks/ab.py --spec examples/llama.attn --kernel llama_bwd_dkdv \
         --configs 64,64,4,2 32,64,4,2 --shape 2,16,8192,128 /tmp/a.py /tmp/b.py
 
-Configs are BLOCK_M,BLOCK_N,num_warps,num_stages. The first pair runs again at the end: the
-difference between its two timings is the noise floor of the run.
+Configs are BLOCK_M,BLOCK_N,num_warps,num_stages (one that does not fit reports nan). The first
+pair runs again at the end: the difference between its two timings is the noise floor of the run.
 """
 
 from __future__ import annotations
