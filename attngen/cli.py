@@ -474,6 +474,20 @@ def tune(files: tuple[str, ...], shapes_text: str, dtype: str, which: str,
                                  param_hint="--kernels")
     shapes = _shape_list(shapes_text)
     specs, _ = _read_all(files)
+    attentions = [(path, a) for path, found in specs for a in found]
+    for path, a in attentions:
+        if dtype not in a.dtypes:
+            _fail(path, f"{a.name} does not take {dtype} (its dtypes: {', '.join(a.dtypes)})")
+    # a spec with a fixed head dim tunes the shapes of that head dim (examples/*.attn mixes them)
+    plan = [(path, a, [s for s in shapes if not a.head_dims or s[4] in a.head_dims])
+            for path, a in attentions]
+    dims = sorted({s[4] for s in shapes})
+    for path, a, mine in plan:
+        if len(mine) < len(shapes):
+            click.echo(f"{path}: {a.name} takes head dims {list(a.head_dims)}: tuning "
+                       f"{len(mine)} of the {len(shapes)} shapes (their D: {dims})", err=True)
+    if not any(mine for _, _, mine in plan):
+        _fail(plan[0][0], f"no spec takes a head dim of the shapes (their D: {dims})")
     _require_gpu("tune")
     import torch
 
@@ -484,22 +498,7 @@ def tune(files: tuple[str, ...], shapes_text: str, dtype: str, which: str,
     target = Path(out_dir) if out_dir else Path(
         next((d for d in os.environ.get("ATTNGEN_TUNING_DIR", "").split(os.pathsep) if d), "")
         or tuning.default_dir())
-    ops = [(path, AttentionOp(a, Path(path).name)) for path, attentions in specs
-           for a in attentions]
-    for path, op in ops:
-        if dtype not in op.spec.dtypes:
-            _fail(path, f"{op.name} does not take {dtype} (its dtypes: "
-                        f"{', '.join(op.spec.dtypes)})")
-    # a spec with a fixed head dim tunes the shapes of that head dim (examples/*.attn mixes them)
-    plan = [(path, op, [s for s in shapes if not op.spec.head_dims or s[4] in op.spec.head_dims])
-            for path, op in ops]
-    dims = sorted({s[4] for s in shapes})
-    for path, op, mine in plan:
-        if len(mine) < len(shapes):
-            click.echo(f"{path}: {op.name} takes head dims {list(op.spec.head_dims)}: tuning "
-                       f"{len(mine)} of the {len(shapes)} shapes (their D: {dims})", err=True)
-    if not any(mine for _, _, mine in plan):
-        _fail(plan[0][0], f"no spec takes a head dim of the shapes (their D: {dims})")
+    plan = [(path, AttentionOp(a, Path(path).name), mine) for path, a, mine in plan if mine]
     gpu = torch.cuda.get_device_name()
     entries = []
     with _progress() as progress:

@@ -160,6 +160,27 @@ def test_bad_options_are_usage_errors(args, option):
     assert option in result.stderr and "Usage:" in result.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error of a machine without a GPU")
+def test_tune_skips_shapes_of_other_head_dims_before_needing_a_gpu(examples_dir):
+    """examples/*.attn mixes head dims: a spec with a fixed one (gemma2_local: 256) tunes only
+    the shapes it takes, said on stderr; the checks on the specs come before the GPU's."""
+    gemma = str(examples_dir / "gemma2_local.attn")
+    result = CliRunner().invoke(main, ["tune", str(LLAMA), gemma, "--shapes",
+                                       "1,2,2,64,128 1,2,2,64,256"])
+    assert result.exit_code == 1 and "needs a CUDA GPU" in result.stderr
+    assert "gemma2_local takes head dims [256]: tuning 1 of the 2 shapes (their D: [128, 256])" \
+        in result.stderr
+    assert "llama takes" not in result.stderr  # any head dim: every shape
+    only = CliRunner().invoke(main, ["tune", gemma, "--shapes", "1,2,2,64,128"])
+    assert only.exit_code == 1 and "no spec takes a head dim of the shapes (their D: [128])" \
+        in only.stderr
+    assert "needs a CUDA GPU" not in only.stderr
+    chunked = CliRunner().invoke(main, ["tune", str(examples_dir / "llama4_chunked.attn"),
+                                        "--shapes", "1,2,2,64,128", "--dtype", "fp32"])
+    assert chunked.exit_code == 1 and "llama4_chunked does not take fp32" in chunked.stderr
+    assert "needs a CUDA GPU" not in chunked.stderr
+
+
 def test_tune_names_the_hq_hkv_rule():
     result = CliRunner().invoke(main, ["tune", str(LLAMA), "--shapes", "1,3,2,64,16"])
     assert result.exit_code == 2 and "Hq must be a multiple of Hkv" in result.stderr
