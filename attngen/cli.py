@@ -474,20 +474,23 @@ def tune(files: tuple[str, ...], shapes_text: str, dtype: str, which: str,
                                  param_hint="--kernels")
     shapes = _shape_list(shapes_text)
     specs, _ = _read_all(files)
-    attentions = [(path, a) for path, found in specs for a in found]
-    for path, a in attentions:
-        if dtype not in a.dtypes:
-            _fail(path, f"{a.name} does not take {dtype} (its dtypes: {', '.join(a.dtypes)})")
     # a spec with a fixed head dim tunes the shapes of that head dim (examples/*.attn mixes them)
     plan = [(path, a, [s for s in shapes if not a.head_dims or s[4] in a.head_dims])
-            for path, a in attentions]
+            for path, found in specs for a in found]
     dims = sorted({s[4] for s in shapes})
+    if not any(mine for _, _, mine in plan):
+        takes = "; ".join(f"{a.name}: {list(a.head_dims)}" for _, a, _ in plan)
+        raise click.BadParameter(f"no spec takes a head dim of these shapes (their D: {dims}; "
+                                 f"head dims taken: {takes})", param_hint="--shapes")
     for path, a, mine in plan:
-        if len(mine) < len(shapes):
+        if not mine:
+            click.echo(f"{path}: {a.name} takes head dims {list(a.head_dims)}: skipped (the "
+                       f"shapes' D: {dims})", err=True)
+        elif len(mine) < len(shapes):
             click.echo(f"{path}: {a.name} takes head dims {list(a.head_dims)}: tuning "
                        f"{len(mine)} of the {len(shapes)} shapes (their D: {dims})", err=True)
-    if not any(mine for _, _, mine in plan):
-        _fail(plan[0][0], f"no spec takes a head dim of the shapes (their D: {dims})")
+        if mine and dtype not in a.dtypes:
+            _fail(path, f"{a.name} does not take {dtype} (its dtypes: {', '.join(a.dtypes)})")
     _require_gpu("tune")
     import torch
 

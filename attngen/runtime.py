@@ -6,6 +6,8 @@ Every error names the argument, what was expected and what was received.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import math
 import numbers
@@ -793,42 +795,60 @@ def plain_eager(t: torch.Tensor) -> bool:
 def tuned_config(kernel, args: Sequence, flags: dict):
     """The config ``kernel`` (a ``triton.autotune``d kernel) chose for a launch with these
     arguments, or None while it has not chosen (its first launch in this length bucket, which
-    benchmarks). The key is the autotuner's own: the values of its ``key`` arguments, then the
-    dtype of every argument that has one, in argument order."""
+    benchmarks). The key is the autotuner's own (triton 3.6 ``Autotuner.run``): the values of
+    its ``key`` arguments among those passed, then the dtype of every passed argument that has
+    one, positional arguments first."""
     configs = kernel.configs
     if len(configs) == 1:  # the autotuner skips keys for a lone config
         return configs[0]
-    position = _KEY_POSITIONS.get(kernel)
-    if position is None:
-        index = {name: i for i, name in enumerate(kernel.arg_names)}
-        position = _KEY_POSITIONS[kernel] = [index[k] for k in kernel.keys if k in index]
-    key = [args[i] if i < len(args) else flags[kernel.arg_names[i]] for i in position]
+    index = getattr(kernel, "attngen_arg_index", None)
+    if index is None:
+        index = kernel.attngen_arg_index = {name: i for i, name in enumerate(kernel.arg_names)}
+    key = []
+    for name in kernel.keys:
+        i = index.get(name)
+        if i is not None and i < len(args):
+            key.append(args[i])
+        elif i is not None and name in flags:
+            key.append(flags[name])
     key += [str(a.dtype) for a in args if hasattr(a, "dtype")]
-    key += [str(a.dtype) for a in flags.values() if hasattr(a, "dtype")]
+    key += [str(v.dtype) for k, v in flags.items() if k in index and hasattr(v, "dtype")]
     return kernel.cache.get(tuple(key))
 
 
-_KEY_POSITIONS: dict = {}
-
-
 def launch(kernel, grid, args: list, flags: dict) -> None:
-    """``kernel[grid](*args, **flags)`` for an autotuned kernel, on the arguments' device.
-
-    Once the autotuner has chosen a config for the call's key, that config's kernel is
-    launched directly, without the autotuner's per-call work (dicts over all ~60 arguments, a
-    dtype string per tensor): about 20 us per launch on the H200 machine's CPU. The rest of a
-    launch there, ~170 us against 15 us for an empty kernel, is Triton's binder and launcher
-    going through the arguments (results 2026-11-30-h200-tuned.md)."""
-    first = args[0]
-    if first.is_cuda and first.device.index != torch.cuda.current_device():
-        with torch.cuda.device(first.device):  # Triton launches on the current device
-            return launch(kernel, grid, args, flags)
+    """``kernel[grid](*args, **flags)`` for an autotuned kernel. Once the autotuner has chosen
+    a config for the call's key, that config's kernel is launched directly, without the
+    autotuner's own per-call work (its dicts over all ~60 arguments): about 20 us less host time
+    for a one-launch forward on the H200 machine's CPU. Most of a launch's host time there,
+    ~170 us against 15 us for an empty kernel, is Triton's binder and launcher going through
+    the arguments (results 2026-11-30-h200-tuned.md)."""
     config = tuned_config(kernel, args, flags)
     if config is None or config.pre_hook is not None:
         kernel[grid](*args, **flags)  # autotunes (or runs the config's hook)
     else:
         kernel.best_config = config  # as the autotuner's run sets it
         kernel.fn.run(*args, grid=grid, warmup=False, **flags, **config.all_kwargs())
+
+
+def on_device(device: torch.device):
+    """A context for launches on ``device``: Triton launches on the current CUDA device (and its
+    stream), so tensors on another GPU need it made current; nothing to do otherwise."""
+    if device.type == "cuda" and device.index is not None \
+            and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def on_first_tensors_device(fn):
+    """Runs ``fn(t, ...)`` with ``on_device(t.device)``: the launchers, which take q first."""
+
+    @functools.wraps(fn)
+    def wrapper(first, *args, **kwargs):
+        with on_device(first.device):
+            return fn(first, *args, **kwargs)
+
+    return wrapper
 
 
 def seed_tuning(kernel, spec_hash: str, device_index: int) -> None:

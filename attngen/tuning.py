@@ -14,9 +14,9 @@ tensor arguments), so an entry applies to exactly the calls that autotuning woul
 Before a kernel's first launch on a device, the runtime copies the matching entries into its
 autotuner's cache (``seed``): those calls launch at once, others still autotune. An entry
 applies only to the spec it was tuned for (same hash) and to the kernel code it was timed with
-(``code``: ``code_hash``, over the source of every Triton function of the generated module), so
-a change to the templates retires old entries instead of pinning configs chosen for other code;
-a stale or foreign entry is ignored.
+(``code``: ``code_hash``, over the source of the kernel and of the Triton functions it calls),
+so a change to a kernel's templates retires its old entries instead of pinning configs chosen
+for other code, and leaves the other kernels' entries alone; a stale or foreign entry is ignored.
 
 Directories read, first match wins: ``$ATTNGEN_TUNING_DIR`` (``os.pathsep``-separated), the
 cache root's ``tuning/`` (where ``attngen tune`` writes by default), and the tables shipped
@@ -131,30 +131,53 @@ def _config(entry: dict):
 
 
 _SEEDED: set[tuple[int, int]] = set()  # (id(kernel), device index) already seeded
-_CODE_HASHES: dict[int, tuple[dict, str]] = {}  # id(module globals) -> (the globals, hash)
+_TRITON_SOURCES: dict[int, tuple[dict, dict]] = {}  # id(module globals) -> (globals, sources)
+# (id(module globals), kernel name) -> (the globals, hash)
+_CODE_HASHES: dict[tuple[int, str], tuple[dict, str]] = {}
+_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def _triton_sources(namespace: dict) -> dict[str, str]:
+    """name -> source of every Triton function (autotuned kernels, jitted kernels and helpers)
+    defined in a module's globals."""
+    import triton
+
+    cached = _TRITON_SOURCES.get(id(namespace))
+    if cached is None or cached[0] is not namespace:
+        jitted = (triton.runtime.JITFunction, *_interpreted_types())
+        sources = {}
+        for attr, obj in namespace.items():
+            if isinstance(obj, triton.runtime.Autotuner):
+                sources[attr] = inspect.getsource(obj.base_fn)
+            elif isinstance(obj, jitted):
+                sources[attr] = inspect.getsource(obj.fn)
+        cached = _TRITON_SOURCES[id(namespace)] = (namespace, sources)
+    return cached[1]
 
 
 def code_hash(kernel: Any) -> str:
-    """sha256 (16 hex digits) of the source of every Triton function (autotuned kernels, jitted
-    kernels and helpers) defined beside ``kernel`` (in its function's module globals): what a
-    table entry was timed with. Headers, docstrings, module constants and launchers do not
-    count: a template change that only touches those (flags, grids) keeps old entries valid."""
-    import triton
-
+    """sha256 (16 hex digits) of the source of ``kernel`` and of every Triton function it calls,
+    directly or through others (names of its module's Triton functions in their sources): what
+    a table entry was timed with. Headers, docstrings, module constants, launchers and the other
+    kernels do not count: a template change that touches only the dK/dV kernel keeps the forward's
+    and dQ's entries valid."""
     namespace = kernel.base_fn.__globals__  # also for modules never put in sys.modules
-    cached = _CODE_HASHES.get(id(namespace))
+    sources = _triton_sources(namespace)
+    name = kernel.base_fn.__name__
+    key = (id(namespace), name)
+    cached = _CODE_HASHES.get(key)
     if cached is None or cached[0] is not namespace:
-        jitted = (triton.runtime.JITFunction, *_interpreted_types())
-        digest = hashlib.sha256()
-        for attr, obj in sorted(namespace.items()):
-            if isinstance(obj, triton.runtime.Autotuner):
-                fn = obj.base_fn
-            elif isinstance(obj, jitted):
-                fn = obj.fn
-            else:
+        reached, todo = set(), [name]
+        while todo:
+            attr = todo.pop()
+            if attr in reached or attr not in sources:
                 continue
-            digest.update(f"{attr}\n{inspect.getsource(fn)}".encode())
-        cached = _CODE_HASHES[id(namespace)] = (namespace, digest.hexdigest()[:16])
+            reached.add(attr)
+            todo += _NAME.findall(sources[attr])
+        digest = hashlib.sha256()
+        for attr in sorted(reached):
+            digest.update(f"{attr}\n{sources[attr]}".encode())
+        cached = _CODE_HASHES[key] = (namespace, digest.hexdigest()[:16])
     return cached[1]
 
 
@@ -190,6 +213,7 @@ def forget() -> None:
     _entries_for_gpu.cache_clear()
     _SEEDED.clear()
     _CODE_HASHES.clear()
+    _TRITON_SOURCES.clear()
 
 
 # ---- writing tables ---------------------------------------------------------------------------

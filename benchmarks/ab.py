@@ -38,9 +38,10 @@ def load_variant(path: str):
 
 
 def kernel_ms(module, kernel: str, config: tuple, op, shape, backward: bool,
-              iters: int) -> tuple[float, float]:
-    """Device ms per call of `kernel` with one fixed config, and of all kernels of the call
-    (forward, and backward when `kernel` is a backward one), from the profiler."""
+              iters: int) -> tuple[float, float, float]:
+    """Device ms per call of `kernel` with one fixed config and of all kernels of the call
+    (forward, and backward when `kernel` is a backward one), from the profiler, and the call's
+    median ms (do_bench)."""
     B, H, N, D = shape
     autotuner = getattr(module, kernel)
     m, n, warps, stages = config
@@ -84,16 +85,16 @@ def main() -> None:
     op = attngen.load(args.spec)
     backward = "_bwd_" in args.kernel
     modules = {path: load_variant(path) for path in args.variants}
-    rows = []
-    for path in args.variants:
-        for c in configs:
-            try:
-                ms = kernel_ms(modules[path], args.kernel, c, op, shape, backward, args.iters)
-            except Exception as err:  # e.g. out of shared memory: the other configs still run
-                print(f"{path} {c}: {type(err).__name__}: {str(err)[:200]}", flush=True)
-                ms = float("nan"), float("nan"), float("nan")
-            rows.append((path, c, ms))
-    again = kernel_ms(modules[rows[0][0]], args.kernel, rows[0][1], op, shape, backward, args.iters)
+
+    def timed(path, config):
+        try:
+            return kernel_ms(modules[path], args.kernel, config, op, shape, backward, args.iters)
+        except Exception as err:  # e.g. out of shared memory: the other configs still run
+            print(f"{path} {config}: {type(err).__name__}: {str(err)[:200]}", flush=True)
+            return float("nan"), float("nan"), float("nan")
+
+    rows = [(path, c, timed(path, c)) for path in args.variants for c in configs]
+    again = timed(rows[0][0], rows[0][1])
     print(f"{args.kernel} B,H,N,D={args.shape} ({torch.cuda.get_device_name()})")
     print("| variant | config (m, n, warps, stages) | kernel ms | all kernels ms | call ms |\n"
           "|---|---|---|---|---|")

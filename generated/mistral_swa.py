@@ -590,19 +590,20 @@ def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device
     runtime.check_block_mask_size(NAME, (mask_batch, mask_heads, *blocks))
     classes = torch.zeros((mask_batch, mask_heads, *blocks), dtype=torch.int8, device=device)
     if classes.numel():
-        _mistral_swa_block_classes[(blocks[1], blocks[0], mask_batch * mask_heads)](
-            classes,
-            *_documents(tensors, shapes),
-            shapes.batch,
-            shapes.heads_q,
-            shapes.heads_kv,
-            q_len,
-            kv_len,
-            mask_heads,
-            SPARSE_M=sizes[0],
-            SPARSE_N=sizes[1],
-            CHUNK_M=min(sizes[0], 16),
-        )
+        with runtime.on_device(device):
+            _mistral_swa_block_classes[(blocks[1], blocks[0], mask_batch * mask_heads)](
+                classes,
+                *_documents(tensors, shapes),
+                shapes.batch,
+                shapes.heads_q,
+                shapes.heads_kv,
+                q_len,
+                kv_len,
+                mask_heads,
+                SPARSE_M=sizes[0],
+                SPARSE_N=sizes[1],
+                CHUNK_M=min(sizes[0], 16),
+            )
     return runtime.BlockMask.from_classes(
         NAME, SPEC_HASH, classes, shapes, sizes, params, MASK_READS
     )
@@ -1549,6 +1550,7 @@ def _launch(kernel, grid, args, flags, trace):
         )
 
 
+@runtime.on_first_tensors_device  # Triton launches on the current device
 def _launch_fwd(q, k, v, scale, params, shapes, sparse=(), block=(), trace=None):
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(
@@ -1592,6 +1594,7 @@ def _launch_fwd(q, k, v, scale, params, shapes, sparse=(), block=(), trace=None)
     return out, lse
 
 
+@runtime.on_first_tensors_device  # Triton launches on the current device
 def _launch_bwd(
     q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes, sparse=(), block=(), trace=None
 ):
@@ -1713,6 +1716,7 @@ def _launch_bwd(
     )
 
 
+@runtime.on_first_tensors_device  # Triton launches on the current device
 def _launch_decode(
     q, k_cache, v_cache, kv_len, page_table, page_size, scale, params, shapes, splits, trace=None
 ):

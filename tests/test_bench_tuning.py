@@ -171,9 +171,12 @@ def test_tune_skips_shapes_of_other_head_dims_before_needing_a_gpu(examples_dir)
     assert "gemma2_local takes head dims [256]: tuning 1 of the 2 shapes (their D: [128, 256])" \
         in result.stderr
     assert "llama takes" not in result.stderr  # any head dim: every shape
+    skipped = CliRunner().invoke(main, ["tune", str(LLAMA), gemma, "--shapes", "1,2,2,64,128"])
+    assert "gemma2_local takes head dims [256]: skipped (the shapes' D: [128])" in skipped.stderr
     only = CliRunner().invoke(main, ["tune", gemma, "--shapes", "1,2,2,64,128"])
-    assert only.exit_code == 1 and "no spec takes a head dim of the shapes (their D: [128])" \
-        in only.stderr
+    assert only.exit_code == 2 and "--shapes" in only.stderr
+    assert "no spec takes a head dim of these shapes (their D: [128]; head dims taken: " \
+        "gemma2_local: [256])" in " ".join(only.stderr.split())
     assert "needs a CUDA GPU" not in only.stderr
     chunked = CliRunner().invoke(main, ["tune", str(examples_dir / "llama4_chunked.attn"),
                                         "--shapes", "1,2,2,64,128", "--dtype", "fp32"])

@@ -849,3 +849,34 @@ def test_integer_power():
     op = inline("attention ipow { score score + 0.001 * (kv - q) ** 5 }")
     q, k, v = make_qkv(BATCH, 2, 2, 17, 17, 16, torch.float32, seed=3)
     check_op(op, q, k, v)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda" or torch.cuda.device_count() < 2,
+                    reason="tensors on a GPU other than the current one: needs two GPUs")
+def test_tensors_on_another_gpu_than_the_current_one():
+    """Triton launches on the current device: the launchers make the tensors' device current
+    (forward, backward with its preprocess, document runs, decode and its combine, block
+    masks), so every result matches the float64 reference on that device."""
+    other = torch.device("cuda", 1)
+    torch.cuda.set_device(0)
+    op = example("packed_docs")
+    gen = torch.Generator(device=other).manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 100, 64, device=other, dtype=torch.float16, generator=gen,
+                           requires_grad=True) for _ in range(3))
+    doc = ((torch.arange(100, device=other) * 3) // 100).to(torch.int32).expand(2, 100).contiguous()
+    d_out = torch.randn_like(q)
+    out = op(q, k, v, doc=doc)
+    grads = torch.autograd.grad(out, (q, k, v), d_out)
+    with torch.enable_grad():
+        q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+        golden = op.reference(q64, k64, v64, doc=doc)
+        golden_grads = torch.autograd.grad(golden, (q64, k64, v64), d_out.double())
+    assert out.device == other and torch.cuda.current_device() == 0
+    for x, ref in zip((out, *grads), (golden, *golden_grads)):
+        assert max_rel_error(x, ref) < 2e-2
+    mask = op.module.block_mask(2, 4, 100, 100, doc=doc, device=other)
+    torch.testing.assert_close(op(q, k, v, doc=doc, block_mask=mask), out, atol=2e-3, rtol=0)
+    llama = example("llama")
+    step = llama.decode(q[:, :, -1:].detach(), k.detach(), v.detach())
+    full = llama(q.detach(), k.detach(), v.detach())
+    torch.testing.assert_close(step, full[:, :, -1:], atol=2e-3, rtol=0)
