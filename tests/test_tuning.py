@@ -444,3 +444,25 @@ def test_launch_reuses_the_autotuners_choice_without_it(llama, monkeypatch):
     # a lone config needs no key
     monkeypatch.setattr(fwd, "configs", [base])
     assert runtime.tuned_config(fwd, [], {}) is base
+
+
+def test_launchers_make_the_tensors_device_current(monkeypatch):
+    """Triton launches on the current CUDA device: runtime.on_device switches to the tensors'
+    GPU when it is another one, and does nothing for the current GPU, the CPU or an unindexed
+    "cuda" (the current one). (Entering the switch needs CUDA: the two-GPU test in
+    test_forward.py runs the launches.)"""
+    import contextlib
+
+    from attngen import runtime
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    switch = runtime.on_device(torch.device("cuda", 1))
+    assert isinstance(switch, torch.cuda.device) and switch.idx == 1
+    for same in (torch.device("cuda", 0), torch.device("cpu"), torch.device("cuda")):
+        assert isinstance(runtime.on_device(same), contextlib.nullcontext)
+    seen = []
+    monkeypatch.setattr(runtime, "on_device", lambda device: seen.append(device) or
+                        contextlib.nullcontext())
+    wrapped = runtime.on_first_tensors_device(lambda q, x, y=0: (q.device, x, y))
+    q = torch.zeros(1)
+    assert wrapped(q, 2, y=3) == (q.device, 2, 3) and seen == [q.device]
