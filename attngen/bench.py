@@ -403,4 +403,13 @@ def read(path: Path) -> tuple[list[dict], list[dict], dict]:
     if not isinstance(document, dict) or not isinstance(document.get("rows"), list):
         raise ValueError(f"{path}: expected a JSON object with a list of rows (attngen bench "
                          f"output), got {type(document).__name__}")
-    return document["rows"], document.get("checks", []), document.get("meta", {})
+    rows = document["rows"]
+    modes = {r.get("mode") for r in rows if isinstance(r, dict)}
+    if rows and not modes & _MODES:
+        raise ValueError(f"{path}: expected attngen bench rows (mode {', '.join(sorted(_MODES))}), "
+                         f"got rows of mode {', '.join(sorted(map(str, modes)))} (another "
+                         f"suite's format, e.g. benchmarks/gpu_check.py's)")
+    return rows, document.get("checks", []), document.get("meta", {})
+
+
+_MODES = {"train", "eager", "graph", "copy"}  # what run() writes

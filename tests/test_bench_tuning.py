@@ -246,6 +246,13 @@ def test_bench_from_a_file_that_is_not_results(tmp_path):
     assert "expected a JSON object with a list of rows" in result.stderr
     missing = CliRunner().invoke(main, ["bench", "--from", str(tmp_path / "absent.json")])
     assert missing.exit_code == 2 and "--from" in missing.stderr
+    # another suite's rows (benchmarks/gpu_check.py: mode is the mask) render nothing: refused
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"meta": {}, "rows": [
+        {"case": "fwd", "impl": "attngen", "mode": "causal", "N": 4096, "D": 128}]}))
+    result = CliRunner().invoke(main, ["bench", "--from", str(other), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "expected attngen bench rows (mode copy, eager, graph, " \
+        "train), got rows of mode causal" in " ".join(result.stderr.split())
 
 
 @pytest.mark.parametrize("command", ["bench", "tune"])
