@@ -27,7 +27,7 @@ import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 import attngen  # noqa: E402
-from sweep import inputs  # noqa: E402
+from sweep import inputs, parse_shape  # noqa: E402
 
 
 def load_variant(path: str):
@@ -42,13 +42,12 @@ def kernel_ms(module, kernel: str, config: tuple, op, shape, backward: bool,
     """Device ms per call of `kernel` with one fixed config and of all kernels of the call
     (forward, and backward when `kernel` is a backward one), from the profiler, and the call's
     median ms (do_bench)."""
-    B, H, N, D = shape
     autotuner = getattr(module, kernel)
     m, n, warps, stages = config
     autotuner.configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps,
                                        num_stages=stages)]
     autotuner.cache.clear()
-    q, k, v, params = inputs(op, B, H, N, D)
+    q, k, v, params = inputs(op, *shape)
     d_out = torch.randn_like(q)
     fn = getattr(module, module.NAME)
 
@@ -77,10 +76,10 @@ def main() -> None:
     parser.add_argument("--spec", required=True, help="the spec the variants were generated from")
     parser.add_argument("--kernel", required=True, help="e.g. llama_fwd, llama_bwd_dkdv")
     parser.add_argument("--configs", nargs="+", required=True, help="m,n,warps,stages ...")
-    parser.add_argument("--shape", default="2,16,8192,128", help="B,H,N,D")
+    parser.add_argument("--shape", default="2,16,8192,128", help="B,H,N,D or B,H,N,D,Hkv")
     parser.add_argument("--iters", type=int, default=20)
     args = parser.parse_args()
-    shape = tuple(int(x) for x in args.shape.split(","))
+    shape = parse_shape(args.shape)
     configs = [tuple(int(x) for x in c.split(",")) for c in args.configs]
     op = attngen.load(args.spec)
     backward = "_bwd_" in args.kernel
@@ -95,7 +94,7 @@ def main() -> None:
 
     rows = [(path, c, timed(path, c)) for path in args.variants for c in configs]
     again = timed(rows[0][0], rows[0][1])
-    print(f"{args.kernel} B,H,N,D={args.shape} ({torch.cuda.get_device_name()})")
+    print(f"{args.kernel} B,H,N,D[,Hkv]={args.shape} ({torch.cuda.get_device_name()})")
     print("| variant | config (m, n, warps, stages) | kernel ms | all kernels ms | call ms |\n"
           "|---|---|---|---|---|")
     for path, config, (ms, total, wall) in rows:

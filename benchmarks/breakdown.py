@@ -20,7 +20,7 @@ import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 import attngen  # noqa: E402
-from sweep import inputs  # noqa: E402
+from sweep import inputs, parse_shape  # noqa: E402
 
 
 def _label(config) -> str:
@@ -31,20 +31,21 @@ def _label(config) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec", required=True)
-    parser.add_argument("--shape", required=True, help="B,H,N,D")
+    parser.add_argument("--shape", required=True, help="B,H,N,D or B,H,N,D,Hkv")
     parser.add_argument("--top", type=int, default=3, help="autotuner timings shown per kernel")
     parser.add_argument("--iters", type=int, default=20, help="profiled forward + backward calls")
     args = parser.parse_args()
-    B, H, N, D = (int(x) for x in args.shape.split(","))
+    shape = parse_shape(args.shape)
+    B, H, N, D = shape[:4]
     op = attngen.load(args.spec)
-    q, k, v, params = inputs(op, B, H, N, D)
+    q, k, v, params = inputs(op, *shape)
     d_out = torch.randn_like(q)
     call = lambda: op(q, k, v, **params)  # noqa: E731
     step = lambda: torch.autograd.grad(call(), (q, k, v), d_out)  # noqa: E731
     step()  # autotunes every kernel
     torch.cuda.synchronize()
 
-    print(f"== {op.name} B={B} H={H} N={N} D={D} ({torch.cuda.get_device_name()})")
+    print(f"== {op.name} B,H,N,D[,Hkv]={args.shape} ({torch.cuda.get_device_name()})")
     for name in sorted(vars(op.module)):
         kernel = getattr(op.module, name)
         if isinstance(kernel, triton.runtime.Autotuner) and kernel.cache:

@@ -1,7 +1,7 @@
 """Host time per eager call (Python, checks, dispatch, launches) of a decode step and a small
-forward, on a GPU, and where it goes (cProfile, cumulative).
+forward, on a GPU, and where it goes (cProfile of the decode step or of the training step).
 
-    python benchmarks/host_overhead.py [--top 30]
+    python benchmarks/host_overhead.py [--top 30] [--profile decode|train]
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def per_call_us(fn, calls: int = 300) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--profile", choices=("decode", "train"), default="decode",
+                        help="the call to profile: a decode step, or forward + backward (8 docs)")
     args = parser.parse_args()
     op = attngen.load(EXAMPLES / "llama.attn")
     dt = torch.bfloat16
@@ -80,10 +82,12 @@ def main() -> None:
         print(f"{'  without autotuned':22} {per_call_us(cases['fwd + bwd, 8 docs']):8.1f} us per call")
     finally:
         docs.module._launch = launch
+    profiled = (lambda: op.decode(q, k, v)) if args.profile == "decode" else \
+        cases["fwd + bwd, 8 docs"]
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(300):
-        op.decode(q, k, v)
+        profiled()
     profile.disable()
     torch.cuda.synchronize()
     stats = pstats.Stats(profile)

@@ -30,18 +30,27 @@ SPACES = {
 }
 
 
-def inputs(op, B: int, H: int, N: int, D: int):
-    """Random bf16 q, k, v (requiring grad) and params: ALiBi slopes as in the papers, 8 equal
-    documents for a `doc` table."""
+def inputs(op, B: int, H: int, N: int, D: int, H_kv: int | None = None):
+    """Random bf16 q [B, H, N, D] and k, v [B, H_kv (default H), N, D] (requiring grad) and
+    params: ALiBi slopes as in the papers, 8 equal documents for a `doc` table."""
+    H_kv = H if H_kv is None else H_kv
     gen = torch.Generator().manual_seed(0)
-    params = random_params(op.spec, B, H, H, N, N, "cuda", gen)
+    params = random_params(op.spec, B, H, H_kv, N, N, "cuda", gen)
     if "slopes" in params:
         params["slopes"] = torch.exp2(-8.0 * (torch.arange(H, device="cuda") + 1) / H)
     if "doc" in params:
         params["doc"] = ((torch.arange(N, device="cuda") * 8) // N).to(torch.int32).expand(B, N)
-    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (torch.randn(B, heads, N, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for heads in (H, H_kv, H_kv))
     return q, k, v, params
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """"B,H,N,D" or "B,H,N,D,Hkv" (GQA: Hkv kv heads) -> a tuple of ints."""
+    shape = tuple(int(x) for x in text.split(","))
+    if len(shape) not in (4, 5):
+        raise SystemExit(f"--shape: expected B,H,N,D or B,H,N,D,Hkv, got {text!r}")
+    return shape
 
 
 def configs(space: dict) -> list:
@@ -53,13 +62,14 @@ def configs(space: dict) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec", required=True)
-    parser.add_argument("--shape", required=True, help="B,H,N,D")
+    parser.add_argument("--shape", required=True, help="B,H,N,D or B,H,N,D,Hkv")
     parser.add_argument("--top", type=int, default=6)
     parser.add_argument("--kernels", default="fwd,bwd_dkdv,bwd_dq")
     args = parser.parse_args()
-    B, H, N, D = (int(x) for x in args.shape.split(","))
+    shape = parse_shape(args.shape)
+    B, H, N, D = shape[:4]
     op = attngen.load(args.spec)
-    q, k, v, params = inputs(op, B, H, N, D)
+    q, k, v, params = inputs(op, *shape)
     wanted = args.kernels.split(",")
     kernels = {name: getattr(op.module, f"{op.name}_{name}") for name in wanted}
     for name, kernel in kernels.items():
@@ -83,7 +93,7 @@ def main() -> None:
     for name, timings in results.items():
         ranked = sorted(timings.items(), key=lambda kv: kv[1][0] if isinstance(kv[1], list)
                         else kv[1])
-        print(f"== {op.name} {name} B={B} H={H} N={N} D={D}: {len(ranked)} configs")
+        print(f"== {op.name} {name} B,H,N,D[,Hkv]={args.shape}: {len(ranked)} configs")
         for config, t in ranked[:args.top]:
             ms = t[0] if isinstance(t, list) else t
             print(f"  {ms:8.4f} ms  {share[name] * flop / ms / 1e9:6.1f} TFLOP/s  "
