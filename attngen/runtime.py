@@ -603,6 +603,50 @@ def length_bucket(n: int) -> int:
     return 1 << max(4, (max(n, 1) - 1).bit_length())
 
 
+# TMA (Hopper's tensor memory accelerator) loads for the forward's K and V: host-side
+# descriptors over [B, Hkv, N, D], whose box is the launched config's tile (tma_block_shapes, a
+# pre-hook of every forward config). Timed on an H200 (benchmarks/ab.py, results
+# 2026-11-30-h200-tma.md): causal 8k 1.19 -> 1.03 ms, full 4k 1.14 -> 1.03 ms at the best config;
+# descriptors built on the device per program instead cost more than they saved on short tiles.
+TMA_DESCRIPTORS = ("KDesc", "VDesc")
+
+
+@functools.lru_cache(maxsize=None)
+def _has_tma(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def tma_descriptors(*tensors: torch.Tensor) -> tuple | None:
+    """TMA descriptors of the tensors (each [B, H, N, D], last dim contiguous; boxes of
+    [1, 1, 16, 16] until a config's pre-hook sets them), or None where TMA cannot load them:
+    a GPU before Hopper, a base address or stride not a multiple of 16 bytes, an empty tensor,
+    or ``ATTNGEN_TMA=0``. CPU tensors (the interpreter) get descriptors too, so the CPU tests run
+    the same loads as Hopper."""
+    if os.environ.get("ATTNGEN_TMA", "1") == "0":
+        return None
+    device = tensors[0].device
+    if device.type == "cuda" and not _has_tma(device.index if device.index is not None
+                                              else torch.cuda.current_device()):
+        return None
+    for t in tensors:
+        size = t.element_size()
+        if t.numel() == 0 or t.stride(-1) != 1 or t.data_ptr() % 16 \
+                or any(stride * size % 16 for stride in t.stride()[:-1]):
+            return None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, 16, 16])
+                 for t in tensors)
+
+
+def tma_block_shapes(nargs: dict) -> None:
+    """Config pre-hook of the forward: the descriptors' box is the config's tile,
+    [1, 1, BLOCK_N, BLOCK_D] (a no-op when K and V come as pointers)."""
+    if nargs.get("TMA"):
+        for name in TMA_DESCRIPTORS:
+            nargs[name].block_shape = [1, 1, nargs["BLOCK_N"], nargs["BLOCK_D"]]
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     # fp32 inputs get exact fp32 products; tf32 would lose precision users did not ask to lose
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -647,7 +691,22 @@ def autotune_configs(kernel: str, fixed: dict | None, space: dict | None, *,
                              num_stages=1)
         twin.attngen_stage_twin = True
         configs.append(twin)
+    if kernel == "fwd":
+        for c in configs:
+            c.pre_hook = tma_block_shapes
     return configs
+
+
+def config_like(config, blocks: dict | None = None, num_stages: int | None = None,
+                num_warps: int | None = None):
+    """A copy of a ``triton.Config`` with other blocks, stages or warps, keeping its pre-hook
+    (the forward's sets the TMA boxes: without it a launch fails to compile, its box too small)."""
+    import triton
+
+    return triton.Config(dict(config.kwargs if blocks is None else blocks),
+                         num_warps=config.num_warps if num_warps is None else num_warps,
+                         num_stages=config.num_stages if num_stages is None else num_stages,
+                         pre_hook=config.pre_hook)
 
 
 _DEVICE_PROPERTIES: dict[int, dict] = {}
@@ -680,15 +739,13 @@ def fix_known_compiler_issues(configs: list, block_d: int) -> list:
     sm_90 with 2 stages in the causal forward and 3 stages in a chunked mask's dQ kernel): such
     configs run unpipelined (1 stage); at D=16 the loads are tiny and pipelining gains little.
     """
-    import triton
-
     crash_prone = block_d <= 16
     if any(getattr(c, "attngen_stage_twin", False) for c in configs):
         configs = [c for c in configs if getattr(c, "attngen_stage_twin", False) == crash_prone]
     out = []
     for c in configs:
         if crash_prone and c.num_stages > 1:
-            c = triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=1)
+            c = config_like(c, num_stages=1)
         if all((c.kwargs, c.num_warps, c.num_stages) != (o.kwargs, o.num_warps, o.num_stages)
                for o in out):
             out.append(c)
@@ -713,8 +770,6 @@ def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
     BLOCK_M x BLOCK_N buffers of 4 bytes. ``block_m``: the query rows of configs without a
     BLOCK_M (decode fixes it per call).
     """
-    import triton
-
     configs = fix_known_compiler_issues(for_head_dim(configs, block_d), block_d)
 
     def estimate(c):
@@ -731,13 +786,13 @@ def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
         return kept
     smallest = min(configs, key=estimate)
     blocks, stages = dict(smallest.kwargs), smallest.num_stages
-    shrunk = triton.Config(dict(blocks), num_warps=smallest.num_warps, num_stages=stages)
+    shrunk = config_like(smallest)
     while estimate(shrunk) > limit and (stages > 1 or blocks["BLOCK_N"] > 16):
         if stages > 1:
             stages -= 1
         else:
             blocks["BLOCK_N"] //= 2
-        shrunk = triton.Config(dict(blocks), num_warps=smallest.num_warps, num_stages=stages)
+        shrunk = config_like(smallest, blocks, stages)
     return [shrunk]
 
 
@@ -824,9 +879,11 @@ def launch(kernel, grid, args: list, flags: dict) -> None:
     ~170 us against 15 us for an empty kernel, is Triton's binder and launcher going through
     the arguments (results 2026-11-30-h200-tuned.md)."""
     config = tuned_config(kernel, args, flags)
-    if config is None or config.pre_hook is not None:
-        kernel[grid](*args, **flags)  # autotunes (or runs the config's hook)
+    if config is None:
+        kernel[grid](*args, **flags)  # autotunes
     else:
+        if config.pre_hook is not None:  # as the autotuner runs it (e.g. the TMA boxes)
+            config.pre_hook({**dict(zip(kernel.arg_names, args)), **flags, **config.all_kwargs()})
         kernel.best_config = config  # as the autotuner's run sets it
         kernel.fn.run(*args, grid=grid, warmup=False, **flags, **config.all_kwargs())
 

@@ -121,13 +121,15 @@ def _hashable(key: Iterable) -> tuple:
     return tuple(tuple(k) if isinstance(k, list) else k for k in key)
 
 
-def _config(entry: dict):
+def _config(entry: dict, pre_hook=None):
+    """A table entry's ``triton.Config``, with the kernel's config pre-hook (the forward's sets
+    its TMA boxes)."""
     import triton
 
     c = entry["config"]
     return triton.Config(dict(c["kwargs"]), num_warps=c.get("num_warps", 4),
                          num_stages=c.get("num_stages", 3), num_ctas=c.get("num_ctas", 1),
-                         maxnreg=c.get("maxnreg"))
+                         maxnreg=c.get("maxnreg"), pre_hook=pre_hook)
 
 
 _SEEDED: set[tuple[int, int]] = set()  # (id(kernel), device index) already seeded
@@ -205,7 +207,7 @@ def seed(kernel: Any, spec_hash: str, device_index: int) -> None:
     for (kernel_name, entry_hash, entry_code, key), entry in _entries_for_gpu(
             torch.cuda.get_device_name(device_index)).items():
         if (kernel_name, entry_hash, entry_code) == (name, spec_hash, code):
-            kernel.cache.setdefault(key, _config(entry))
+            kernel.cache.setdefault(key, _config(entry, configs[0].pre_hook))
 
 
 def forget() -> None:

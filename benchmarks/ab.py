@@ -45,7 +45,8 @@ def kernel_ms(module, kernel: str, config: tuple, op, shape, backward: bool,
     autotuner = getattr(module, kernel)
     m, n, warps, stages = config
     autotuner.configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps,
-                                       num_stages=stages)]
+                                       num_stages=stages,
+                                       pre_hook=autotuner.configs[0].pre_hook)]
     autotuner.cache.clear()
     q, k, v, params = inputs(op, *shape)
     d_out = torch.randn_like(q)

@@ -53,8 +53,10 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def configs(space: dict) -> list:
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+def configs(space: dict, pre_hook=None) -> list:
+    """The space's configs, with the kernel's pre-hook (the forward's sets its TMA boxes)."""
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s,
+                          pre_hook=pre_hook)
             for m, n, w, s in itertools.product(space["m"], space["n"], space["warps"],
                                                 space["stages"])]
 
@@ -73,7 +75,7 @@ def main() -> None:
     wanted = args.kernels.split(",")
     kernels = {name: getattr(op.module, f"{op.name}_{name}") for name in wanted}
     for name, kernel in kernels.items():
-        kernel.configs = configs(SPACES[name])
+        kernel.configs = configs(SPACES[name], kernel.configs[0].pre_hook)
         kernel.cache.clear()
     # each kernel's timings must be read right after it tuned: run the pieces one at a time
     results = {}

@@ -143,6 +143,10 @@ def _documents(params, shapes):
 # [full_lo, full_hi) are kept for all of them (FULL tiles: no mask math, no bounds checks), the
 # rest are PARTIAL. Document masks read per-position runs of equal ids (doc_runs_*, O(N)).
 #   EVEN_D               HEAD_DIM == BLOCK_D: loads need no head-dim mask
+#   TMA                  K and V are read through TMA descriptors KDesc, VDesc of [B, Hkv, N, D]
+#                        (runtime.tma_descriptors: Hopper and later, 16-byte aligned strides):
+#                        boxes of [1, 1, BLOCK_N, BLOCK_D], zero-filled out of bounds, no masks or
+#                        address math; otherwise KDesc and VDesc are K and V, unused
 #   PRECISION            tl.dot input precision ("ieee" for fp32 inputs)
 # Scores run in fp32 in the log2 domain (exp2); the online softmax keeps a row max m_i and sum l_i.
 # [Note] fully masked rows: while a row's max is -inf, exponents use 0 as the shift, so every
@@ -218,6 +222,8 @@ def _llama4_chunked_fwd_tiles(
     q,
     k_base,
     v_base,
+    k_desc,
+    v_desc,
     stride_kn,
     stride_vn,
     q_pos,
@@ -252,6 +258,7 @@ def _llama4_chunked_fwd_tiles(
     EVEN_D: tl.constexpr,
     TRACE: tl.constexpr,
     PAGED: tl.constexpr,
+    TMA: tl.constexpr,
     LISTED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPARSE_N: tl.constexpr,
@@ -259,33 +266,43 @@ def _llama4_chunked_fwd_tiles(
     """Online softmax over key tiles: the loop counts positions [start, end) of the runs that
     _tile_start maps to tiles (LISTED: of a block mask's list). PARTIAL tiles check bounds and
     the mask. PAGED (decode): key position p lives at row p % page_size of page
-    pages[p // page_size]."""
+    pages[p // page_size]. TMA: K and V come through the descriptors k_desc, v_desc."""
     for t in range(start, end, BLOCK_N):
         start_n = _tile_start(t, blocks, end_a, end_b, at_a, at_b, at_c, LISTED, SPARSE_N)
         kv_pos = start_n + offs_n
         if TRACE:
             tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL, mask=start_n < kv_len)
-        if PAGED:
-            page = tl.load(pages + kv_pos // page_size, mask=kv_pos < kv_len, other=0).to(tl.int64)
-            k_rows = page * stride_kp + (kv_pos % page_size) * stride_kn
-            v_rows = page * stride_vp + (kv_pos % page_size) * stride_vn
-        else:
-            k_rows = kv_pos * stride_kn
-            v_rows = kv_pos * stride_vn
         if PARTIAL:
             n_valid = kv_pos < kv_len
-            k = tl.load(
-                k_base + k_rows[None, :], mask=n_valid[None, :] & d_valid[:, None], other=0.0
+        if TMA:  # copies of [1, 1, BLOCK_N, BLOCK_D] boxes by the tensor memory accelerator, zero
+            # past kv_len and HEAD_DIM: no masks, no address math (q is [BLOCK_M, BLOCK_D])
+            k = tl.trans(
+                tl.reshape(k_desc.load([off_b, off_hkv, start_n, 0]), (BLOCK_N, q.shape[1]))
             )
-            v = tl.load(
-                v_base + v_rows[:, None], mask=n_valid[:, None] & d_valid[None, :], other=0.0
-            )
-        elif EVEN_D:
-            k = tl.load(k_base + k_rows[None, :])
-            v = tl.load(v_base + v_rows[:, None])
+            v = tl.reshape(v_desc.load([off_b, off_hkv, start_n, 0]), (BLOCK_N, q.shape[1]))
         else:
-            k = tl.load(k_base + k_rows[None, :], mask=d_valid[:, None], other=0.0)
-            v = tl.load(v_base + v_rows[:, None], mask=d_valid[None, :], other=0.0)
+            if PAGED:
+                page = tl.load(pages + kv_pos // page_size, mask=kv_pos < kv_len, other=0).to(
+                    tl.int64
+                )
+                k_rows = page * stride_kp + (kv_pos % page_size) * stride_kn
+                v_rows = page * stride_vp + (kv_pos % page_size) * stride_vn
+            else:
+                k_rows = kv_pos * stride_kn
+                v_rows = kv_pos * stride_vn
+            if PARTIAL:
+                k = tl.load(
+                    k_base + k_rows[None, :], mask=n_valid[None, :] & d_valid[:, None], other=0.0
+                )
+                v = tl.load(
+                    v_base + v_rows[:, None], mask=n_valid[:, None] & d_valid[None, :], other=0.0
+                )
+            elif EVEN_D:
+                k = tl.load(k_base + k_rows[None, :])
+                v = tl.load(v_base + v_rows[:, None])
+            else:
+                k = tl.load(k_base + k_rows[None, :], mask=d_valid[:, None], other=0.0)
+                v = tl.load(v_base + v_rows[:, None], mask=d_valid[None, :], other=0.0)
         s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
         if not SCORE_IS_IDENTITY:
             s = s
@@ -319,6 +336,8 @@ def llama4_chunked_fwd(
     Q,
     K,
     V,
+    KDesc,
+    VDesc,
     Out,
     Lse,
     Trace,
@@ -356,6 +375,7 @@ def llama4_chunked_fwd(
     BLOCK_SPARSE: tl.constexpr,
     SPARSE_M: tl.constexpr,
     SPARSE_N: tl.constexpr,
+    TMA: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -444,6 +464,8 @@ def llama4_chunked_fwd(
             q,
             k_base,
             v_base,
+            KDesc,
+            VDesc,
             stride_kn,
             stride_vn,
             q_pos,
@@ -478,6 +500,7 @@ def llama4_chunked_fwd(
             HEAD_DIM == BLOCK_D,
             TRACE,
             False,
+            TMA,
             BLOCK_SPARSE,
             BLOCK_N,
             SPARSE_N,
@@ -1465,6 +1488,8 @@ def llama4_chunked_decode_kernel(
             q,
             k_base,
             v_base,
+            K,
+            V,
             stride_kn,
             stride_vn,
             q_pos,
@@ -1499,6 +1524,7 @@ def llama4_chunked_decode_kernel(
             HEAD_DIM == BLOCK_D,
             TRACE,
             PAGED,
+            False,
             False,
             BLOCK_N,
             BLOCK_N,
@@ -1580,10 +1606,12 @@ def _launch_fwd(q, k, v, scale, params, shapes, sparse=(), block=(), trace=None)
         lse.fill_(-float("inf"))
         return out, lse
     grid = lambda meta: (runtime.cdiv(shapes.q_len, meta["BLOCK_M"]), shapes.batch * shapes.heads_q)
+    descriptors = runtime.tma_descriptors(k, v)  # None: pointer loads (K and V stand in)
     args = [
         q,
         k,
         v,
+        *(descriptors or (k, v)),
         out,
         lse,
         trace["fwd"] if trace else out,
@@ -1608,6 +1636,7 @@ def _launch_fwd(q, k, v, scale, params, shapes, sparse=(), block=(), trace=None)
         PRECISION=runtime.dot_precision(q.dtype),
         **FWD_FLAGS,
         **runtime.sparse_flags(block),
+        TMA=descriptors is not None,
     )
     _launch(llama4_chunked_fwd, grid, args, flags, trace)
     return out, lse

@@ -767,13 +767,10 @@ def test_sequence_lengths_are_not_specialized():
 def test_same_length_bucket_does_not_retune(monkeypatch):
     """The interpreter builds one config, so the autotuner never benchmarks: give it two configs
     and a fake benchmark, then count benchmarks and cache keys across sequence lengths."""
-    import triton
-
     op = example("llama")
     tuner = op.module.llama_fwd
     base = tuner.configs[0]
-    other = triton.Config({**base.kwargs, "BLOCK_N": base.kwargs["BLOCK_N"] // 2},
-                          num_warps=base.num_warps, num_stages=base.num_stages)
+    other = runtime.config_like(base, {**base.kwargs, "BLOCK_N": base.kwargs["BLOCK_N"] // 2})
     benched = []
 
     def fake_bench(*args, config, **meta):
@@ -880,3 +877,39 @@ def test_tensors_on_another_gpu_than_the_current_one():
     step = llama.decode(q[:, :, -1:].detach(), k.detach(), v.detach())
     full = llama(q.detach(), k.detach(), v.detach())
     torch.testing.assert_close(step, full[:, :, -1:], atol=2e-3, rtol=0)
+
+
+# ---- TMA loads -------------------------------------------------------------------------------
+
+def test_tma_descriptors_only_for_aligned_tensors(monkeypatch):
+    """runtime.tma_descriptors gives descriptors of [B, H, N, D] for tensors TMA can read (16-byte
+    aligned base and strides, last dim contiguous) and None otherwise, or when ATTNGEN_TMA=0."""
+    aligned = torch.zeros(2, 3, 17, 64, dtype=torch.float16)
+    descs = runtime.tma_descriptors(aligned, aligned)
+    assert [list(d.shape) for d in descs] == [[2, 3, 17, 64]] * 2
+    assert list(descs[0].strides) == list(aligned.stride())
+    odd_rows = torch.zeros(2, 3, 17, 20, dtype=torch.float16)  # rows of 40 bytes
+    assert runtime.tma_descriptors(aligned, odd_rows) is None
+    shifted = torch.zeros(2 * 3 * 17 * 64 + 1, dtype=torch.float16)[1:].view(2, 3, 17, 64)
+    assert runtime.tma_descriptors(shifted, aligned) is None  # base 2 bytes past 16
+    assert runtime.tma_descriptors(aligned, torch.zeros(2, 3, 0, 64)) is None
+    monkeypatch.setenv("ATTNGEN_TMA", "0")
+    assert runtime.tma_descriptors(aligned, aligned) is None
+
+
+@pytest.mark.parametrize("tma", ["1", "0"])
+def test_forward_matches_with_and_without_tma(tma, monkeypatch):
+    """The forward with K and V read through TMA descriptors and through pointers (ATTNGEN_TMA=0)
+    both match the reference: GQA, ragged lengths, a window and sinks (PARTIAL and FULL tiles,
+    a gap), D padded (48 -> 64); the launch really took the path asked for."""
+    monkeypatch.setenv("ATTNGEN_TMA", tma)
+    op = inline("attention tma_probe { mask causal & window(40, 0) | kv < 4 }")
+    launched = []
+    real = op.module._launch
+    monkeypatch.setattr(op.module, "_launch",
+                        lambda kernel, grid, args, flags, trace: launched.append(flags["TMA"])
+                        or real(kernel, grid, args, flags, trace))
+    for m, n in ((113, 113), (3, 239)):
+        q, k, v = make_qkv(2, 4, 2, m, n, 48, torch.float32, seed=m)
+        check_op(op, q, k, v)
+    assert launched == [tma == "1"] * 2

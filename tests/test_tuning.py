@@ -362,8 +362,7 @@ def test_seeded_key_is_the_key_the_autotuner_looks_up(llama, gpu_tables, monkeyp
     first, _, _ = gpu_tables
     fwd = tuning.kernels_of(llama.module)[0]
     base = fwd.configs[0]
-    faster = triton.Config(dict(base.kwargs), num_warps=base.num_warps * 2,
-                           num_stages=base.num_stages)
+    faster = attngen.runtime.config_like(base, num_warps=base.num_warps * 2)
     timed = []
 
     def fake_bench(*args, config, **kwargs):
@@ -418,8 +417,7 @@ def test_launch_reuses_the_autotuners_choice_without_it(llama, monkeypatch):
 
     fwd = tuning.kernels_of(llama.module)[0]
     base = fwd.configs[0]
-    faster = triton.Config(dict(base.kwargs), num_warps=base.num_warps * 2,
-                           num_stages=base.num_stages)
+    faster = attngen.runtime.config_like(base, num_warps=base.num_warps * 2)
     monkeypatch.setattr(fwd, "configs", [base, faster])
     monkeypatch.setattr(fwd, "cache", {})
     monkeypatch.setattr(fwd, "_bench", lambda *a, config, **k: [1.0 if config is faster else 2.0])
