@@ -17,13 +17,12 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .runtime import (SHARED_MEMORY_LIMITS, TORCH_DTYPES, fit_shared_memory, for_head_dim,
-                      sparse_flags)
+from .runtime import (SHARED_MEMORY_LIMITS, TMA_BOXES, TORCH_DTYPES, fit_shared_memory,
+                      for_head_dim, sparse_flags)
 
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
                  torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}
 _INPUT_POINTERS = {"Q", "K", "V", "Out", "DO", "DQ", "DK", "DV"}  # the inputs' dtype
-_DESCRIPTORS = {"KDesc", "VDesc"}  # the forward's TMA descriptors of K and V (or K and V)
 _FP32_POINTERS = {"Lse", "Delta", "DLse", "Part", "PartLse"}  # and param-gradient buffers G<i>
 
 
@@ -67,18 +66,18 @@ def ptxas_resources(ptx: str, arch: int) -> tuple[int, int]:
 def _signature(module, fn, dtype: torch.dtype, head_dim: int,
                constants: dict) -> tuple[dict, dict]:
     """Argument types and specialisation attributes of a generated kernel (``constants``: its
-    constexprs; with TMA, KDesc and VDesc are descriptors of [1, 1, BLOCK_N, BLOCK_D] boxes)."""
+    constexprs; with TMA, KDesc, VDesc, QDesc, DODesc are descriptors of tile-sized boxes)."""
     params = {p.name: p for p in module.PARAMS}
     sig: dict[str, str] = {}
     attrs = {}
     for i, name in enumerate(fn.arg_names):
         if fn.params[i].is_constexpr:
             sig[name] = "constexpr"
-        elif name in _DESCRIPTORS and constants.get("TMA"):
-            sig[name] = (f"tensordesc<{_TRITON_TYPES[dtype]}[1, 1, {constants['BLOCK_N']}, "
-                         f"{constants['BLOCK_D']}]>")
+        elif name in TMA_BOXES and constants.get("TMA"):
+            sig[name] = (f"tensordesc<{_TRITON_TYPES[dtype]}[1, 1, "
+                         f"{constants[TMA_BOXES[name]]}, {constants['BLOCK_D']}]>")
             continue
-        elif name in _INPUT_POINTERS or name in _DESCRIPTORS:
+        elif name in _INPUT_POINTERS or name in TMA_BOXES:
             sig[name] = f"*{_TRITON_TYPES[dtype]}"
         elif name in _FP32_POINTERS or (name.startswith("G") and name[1:].isdigit()):
             sig[name] = "*fp32"
@@ -161,7 +160,7 @@ def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch:
             flags = dict(flags, GQA=True)
         if not kernel.endswith("_decode_kernel"):  # a block mask of 128 x 128 blocks, or none
             flags = dict(flags, **sparse_flags((128, 128) if variant else ()))
-        if "TMA" in fn.arg_names:  # the forward loads K and V by TMA from Hopper on
+        if "TMA" in fn.arg_names:  # streamed tiles come by TMA from Hopper on
             flags = dict(flags, TMA=arch >= 90)
         if kernel.endswith("_decode_kernel"):  # the paged variant, one token of 4:1 GQA
             flags = dict(flags, PAGED=True, BLOCK_M=16)

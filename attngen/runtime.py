@@ -603,12 +603,14 @@ def length_bucket(n: int) -> int:
     return 1 << max(4, (max(n, 1) - 1).bit_length())
 
 
-# TMA (Hopper's tensor memory accelerator) loads for the forward's K and V: host-side
-# descriptors over [B, Hkv, N, D], whose box is the launched config's tile (tma_block_shapes, a
-# pre-hook of every forward config). Timed on an H200 (benchmarks/ab.py, results
-# 2026-11-30-h200-tma.md): causal 8k 1.19 -> 1.03 ms, full 4k 1.14 -> 1.03 ms at the best config;
-# descriptors built on the device per program instead cost more than they saved on short tiles.
-TMA_DESCRIPTORS = ("KDesc", "VDesc")
+# TMA (Hopper's tensor memory accelerator) loads of the tiles a kernel streams: the forward's
+# and dQ's K and V, dK/dV's Q and dO. Host-side descriptors over [B, H, N, D], whose box is the
+# launched config's tile (tma_block_shapes, the pre-hook of every config of these kernels): the
+# descriptor argument's name -> the block along its rows. Timed on an H200 (benchmarks/ab.py,
+# results 2026-11-30-h200-tma.md): forward causal 8k 1.19 -> 1.03 ms, full 4k 1.14 -> 1.03 ms at
+# the best config; descriptors built on the device per program cost more than they saved on
+# short tiles.
+TMA_BOXES = {"KDesc": "BLOCK_N", "VDesc": "BLOCK_N", "QDesc": "BLOCK_M", "DODesc": "BLOCK_M"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -640,11 +642,13 @@ def tma_descriptors(*tensors: torch.Tensor) -> tuple | None:
 
 
 def tma_block_shapes(nargs: dict) -> None:
-    """Config pre-hook of the forward: the descriptors' box is the config's tile,
-    [1, 1, BLOCK_N, BLOCK_D] (a no-op when K and V come as pointers)."""
+    """Config pre-hook of the kernels that take TMA descriptors: each descriptor's box is the
+    config's tile, [1, 1, BLOCK_N or BLOCK_M (TMA_BOXES), BLOCK_D] (nothing to do when the
+    tensors come as pointers)."""
     if nargs.get("TMA"):
-        for name in TMA_DESCRIPTORS:
-            nargs[name].block_shape = [1, 1, nargs["BLOCK_N"], nargs["BLOCK_D"]]
+        for name, rows in TMA_BOXES.items():
+            if name in nargs:
+                nargs[name].block_shape = [1, 1, nargs[rows], nargs["BLOCK_D"]]
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -691,7 +695,7 @@ def autotune_configs(kernel: str, fixed: dict | None, space: dict | None, *,
                              num_stages=1)
         twin.attngen_stage_twin = True
         configs.append(twin)
-    if kernel == "fwd":
+    if kernel in ("fwd", "bwd_dkdv", "bwd_dq"):  # they take TMA descriptors
         for c in configs:
             c.pre_hook = tma_block_shapes
     return configs

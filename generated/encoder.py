@@ -617,6 +617,8 @@ def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device
 # positions per key tile): EMPTY tiles are skipped, FULL tiles skip bounds checks and mask math.
 # With a block mask (BLOCK_SPARSE), dQ reads the forward's lists (key blocks per query block) and
 # dK/dV the transposed ones (query blocks per key block, SparseCols).
+# TMA (as in the forward): dK/dV reads the Q and dO tiles it streams through the descriptors
+# QDesc, DODesc (boxes [1, 1, BLOCK_M, BLOCK_D]), dQ its K and V tiles through KDesc, VDesc.
 # [Note] fully masked rows have Lse = -inf: the kernels use 0 instead, so every P of the row is
 # exp2(-inf) = 0 and the row contributes no gradient.
 
@@ -675,6 +677,8 @@ def _encoder_bwd_dkdv_tiles(
     v,
     Q,
     DO,
+    q_desc,
+    do_desc,
     Lse,
     Delta,
     stride_qm,
@@ -709,11 +713,13 @@ def _encoder_bwd_dkdv_tiles(
     EVEN_D: tl.constexpr,
     TRACE: tl.constexpr,
     LISTED: tl.constexpr,
+    TMA: tl.constexpr,
     BLOCK_M: tl.constexpr,
     SPARSE_M: tl.constexpr,
 ):
     """dK, dV contributions of one query head's query tiles (tiles transposed): the loop counts
-    positions [0, end) of the runs _tile_start maps to tiles (see the forward's tile loop)."""
+    positions [0, end) of the runs _tile_start maps to tiles (see the forward's tile loop).
+    TMA: Q and dO rows come through the descriptors q_desc, do_desc."""
     for t in range(0, end, BLOCK_M):
         start_m = _tile_start(t, blocks, end_a, end_b, at_a, at_b, at_c, LISTED, SPARSE_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -726,7 +732,10 @@ def _encoder_bwd_dkdv_tiles(
             rows = tl.minimum(offs_m, q_len - 1)
         else:
             rows = offs_m
-        if EVEN_D:
+        if TMA:  # boxes of [1, 1, BLOCK_M, BLOCK_D]: rows past q_len are zeros, masked below
+            q = tl.reshape(q_desc.load([off_b, off_h, start_m, 0]), (BLOCK_M, k.shape[1]))
+            do = tl.reshape(do_desc.load([off_b, off_h, start_m, 0]), (BLOCK_M, k.shape[1]))
+        elif EVEN_D:
             q = tl.load(Q + rows[:, None] * stride_qm + offs_d[None, :])
             do = tl.load(DO + rows[:, None] * stride_dom + offs_d[None, :])
         else:
@@ -772,6 +781,8 @@ def encoder_bwd_dkdv(
     K,
     V,
     DO,
+    QDesc,
+    DODesc,
     Lse,
     Delta,
     DK,
@@ -819,6 +830,7 @@ def encoder_bwd_dkdv(
     SPARSE_M: tl.constexpr,
     SPARSE_N: tl.constexpr,
     GQA: tl.constexpr,
+    TMA: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -900,6 +912,8 @@ def encoder_bwd_dkdv(
                 v,
                 q_head,
                 do_head,
+                QDesc,
+                DODesc,
                 Lse + row,
                 Delta + row,
                 stride_qm,
@@ -934,6 +948,7 @@ def encoder_bwd_dkdv(
                 HEAD_DIM == BLOCK_D,
                 TRACE,
                 BLOCK_SPARSE,
+                TMA,
                 BLOCK_M,
                 SPARSE_M,
             )
@@ -968,6 +983,8 @@ def _encoder_bwd_dq_tiles(
     delta,
     k_base,
     v_base,
+    k_desc,
+    v_desc,
     stride_kn,
     stride_vn,
     q_pos,
@@ -999,12 +1016,14 @@ def _encoder_bwd_dq_tiles(
     EVEN_D: tl.constexpr,
     TRACE: tl.constexpr,
     LISTED: tl.constexpr,
+    TMA: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPARSE_N: tl.constexpr,
 ):
     """dQ (and param-gradient) contributions of key tiles: the loop counts positions [0, end) of
-    the runs _tile_start maps to tiles (as in the forward's tile loop)."""
+    the runs _tile_start maps to tiles (as in the forward's tile loop). TMA: K and V come
+    through the descriptors k_desc, v_desc."""
     for t in range(0, end, BLOCK_N):
         start_n = _tile_start(t, blocks, end_a, end_b, at_a, at_b, at_c, LISTED, SPARSE_N)
         kv_pos = start_n + offs_n
@@ -1012,6 +1031,14 @@ def _encoder_bwd_dq_tiles(
             tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL, mask=start_n < kv_len)
         if PARTIAL:
             n_valid = kv_pos < kv_len
+        if TMA:  # boxes of [1, 1, BLOCK_N, BLOCK_D], zero past kv_len and HEAD_DIM; held [D, N]
+            k = tl.trans(
+                tl.reshape(k_desc.load([off_b, off_hkv, start_n, 0]), (BLOCK_N, q.shape[1]))
+            )
+            v = tl.trans(
+                tl.reshape(v_desc.load([off_b, off_hkv, start_n, 0]), (BLOCK_N, q.shape[1]))
+            )
+        elif PARTIAL:
             k = tl.load(
                 k_base + kv_pos[None, :] * stride_kn,
                 mask=n_valid[None, :] & d_valid[:, None],
@@ -1063,6 +1090,8 @@ def encoder_bwd_dq(
     K,
     V,
     DO,
+    KDesc,
+    VDesc,
     Lse,
     Delta,
     DQ,
@@ -1106,6 +1135,7 @@ def encoder_bwd_dq(
     BLOCK_SPARSE: tl.constexpr,
     SPARSE_M: tl.constexpr,
     SPARSE_N: tl.constexpr,
+    TMA: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -1183,6 +1213,8 @@ def encoder_bwd_dq(
             delta,
             k_base,
             v_base,
+            KDesc,
+            VDesc,
             stride_kn,
             stride_vn,
             q_pos,
@@ -1214,6 +1246,7 @@ def encoder_bwd_dq(
             HEAD_DIM == BLOCK_D,
             TRACE,
             BLOCK_SPARSE,
+            TMA,
             BLOCK_M,
             BLOCK_N,
             SPARSE_N,
@@ -1496,13 +1529,10 @@ def _launch(kernel, grid, args, flags, trace):
         if not _INTERPRET:
             runtime.seed_tuning(kernel, SPEC_HASH, args[0].device.index)
         runtime.launch(kernel, grid, args, flags)
-    else:
-        kernel.fn[grid](
-            *args,
-            **dict(flags, TRACE=True, BLOCK_M=trace["block_m"], BLOCK_N=trace["block_n"]),
-            num_warps=4,
-            num_stages=1,
-        )
+    else:  # past the autotuner: its configs' pre-hook (the TMA boxes) by hand
+        meta = dict(flags, TRACE=True, BLOCK_M=trace["block_m"], BLOCK_N=trace["block_n"])
+        runtime.tma_block_shapes({**dict(zip(kernel.arg_names, args)), **meta})
+        kernel.fn[grid](*args, **meta, num_warps=4, num_stages=1)
 
 
 @runtime.on_first_tensors_device  # Triton launches on the current device
@@ -1607,11 +1637,13 @@ def _launch_bwd(
             runtime.cdiv(shapes.kv_len, meta["BLOCK_N"]),
             shapes.batch * shapes.heads_kv,
         )
+        rows = runtime.tma_descriptors(q, grad_out)  # None: pointer loads (Q and dO stand in)
         dkdv_args = [
             q,
             k,
             v,
             grad_out,
+            *(rows or (q, grad_out)),
             lse,
             delta,
             dk,
@@ -1631,7 +1663,7 @@ def _launch_bwd(
             encoder_bwd_dkdv,
             dkdv_grid,
             dkdv_args,
-            dict(common, GQA=shapes.heads_q != shapes.heads_kv),
+            dict(common, GQA=shapes.heads_q != shapes.heads_kv, TMA=rows is not None),
             trace,
         )
         grad_args = [x for buffer in buffers for x in (buffer, buffer.shape[1])]
@@ -1639,11 +1671,13 @@ def _launch_bwd(
             runtime.cdiv(shapes.q_len, meta["BLOCK_M"]),
             shapes.batch * shapes.heads_q,
         )
+        keys = runtime.tma_descriptors(k, v)  # None: pointer loads (K and V stand in)
         dq_args = [
             q,
             k,
             v,
             grad_out,
+            *(keys or (k, v)),
             lse,
             delta,
             dq,
@@ -1659,7 +1693,7 @@ def _launch_bwd(
             grad_rows,
             *lengths,
         ]
-        _launch(encoder_bwd_dq, dq_grid, dq_args, common, trace)
+        _launch(encoder_bwd_dq, dq_grid, dq_args, dict(common, TMA=keys is not None), trace)
     else:
         dq.zero_(), dk.zero_(), dv.zero_()
     param_grads = {}

@@ -267,3 +267,22 @@ def test_power_with_a_scalar_param_exponent_and_negative_clamp_index():
 def test_names_the_generated_module_needs_are_refused(text):
     with pytest.raises(attngen.SpecError):
         attngen.parse_and_check(text)
+
+
+@pytest.mark.parametrize("tma", ["1", "0"])
+def test_gradients_with_and_without_tma(tma, monkeypatch):
+    """dQ (K and V) and dK/dV (Q and dO) read through TMA descriptors and through pointers
+    (ATTNGEN_TMA=0): both match the reference, with GQA, ragged lengths (q_len > kv_len too), a
+    padded head dim (48 -> 64), a window with sinks (a gap) and an ALiBi-like head bias; the
+    launches really took the path asked for."""
+    monkeypatch.setenv("ATTNGEN_TMA", tma)
+    op = _op("attention tma_grads { param slopes: f32[H]  score score + slopes[h] * (kv - q)"
+             "  mask causal & window(40, 0) | kv < 4 }")
+    launched = []
+    real = op.module._launch
+    monkeypatch.setattr(op.module, "_launch",
+                        lambda kernel, grid, args, flags, trace: launched.append(flags["TMA"])
+                        or real(kernel, grid, args, flags, trace))
+    _check(op, 2, 4, 2, 113, 113, 48, seed=1)
+    _check(op, 1, 4, 2, 70, 33, 48, seed=2)
+    assert launched == [tma == "1"] * 6  # forward, dK/dV, dQ; twice
