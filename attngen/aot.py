@@ -10,6 +10,7 @@ kernels cannot be compiled); ``attngen compile`` arranges that.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -73,11 +74,12 @@ def _signature(module, fn, dtype: torch.dtype, head_dim: int,
     for i, name in enumerate(fn.arg_names):
         if fn.params[i].is_constexpr:
             sig[name] = "constexpr"
-        elif name in TMA_BOXES and constants.get("TMA"):
+        elif name in TMA_BOXES:  # a descriptor, or None (constexpr) without TMA
             sig[name] = (f"tensordesc<{_TRITON_TYPES[dtype]}[1, 1, "
-                         f"{constants[TMA_BOXES[name]]}, {constants['BLOCK_D']}]>")
+                         f"{constants[TMA_BOXES[name]]}, {constants['BLOCK_D']}]>"
+                         if constants.get("TMA") else "constexpr")
             continue
-        elif name in _INPUT_POINTERS or name in TMA_BOXES:
+        elif name in _INPUT_POINTERS:
             sig[name] = f"*{_TRITON_TYPES[dtype]}"
         elif name in _FP32_POINTERS or (name.startswith("G") and name[1:].isdigit()):
             sig[name] = "*fp32"
@@ -160,8 +162,11 @@ def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch:
             flags = dict(flags, GQA=True)
         if not kernel.endswith("_decode_kernel"):  # a block mask of 128 x 128 blocks, or none
             flags = dict(flags, **sparse_flags((128, 128) if variant else ()))
-        if "TMA" in fn.arg_names:  # streamed tiles come by TMA from Hopper on
-            flags = dict(flags, TMA=arch >= 90)
+        if "TMA" in fn.arg_names:  # streamed tiles come by TMA on Hopper (runtime.tma_descriptors)
+            tma = arch == 90 and os.environ.get("ATTNGEN_TMA") != "0"
+            flags = dict(flags, TMA=tma)
+            if not tma:
+                flags.update({name: None for name in TMA_BOXES if name in fn.arg_names})
         if kernel.endswith("_decode_kernel"):  # the paged variant, one token of 4:1 GQA
             flags = dict(flags, PAGED=True, BLOCK_M=16)
         constants.update(PRECISION="ieee" if dtype == torch.float32 else "tf32", **flags,

@@ -615,30 +615,58 @@ TMA_BOXES = {"KDesc": "BLOCK_N", "VDesc": "BLOCK_N", "QDesc": "BLOCK_M", "DODesc
 
 @functools.lru_cache(maxsize=None)
 def _has_tma(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
+    """Hopper (sm_90), where the TMA loads were measured; not ROCm, not yet Blackwell (triton
+    3.6.0's driver lacks a fix for small non-dense tensors there)."""
+    return torch.version.hip is None and torch.cuda.get_device_capability(device_index)[0] == 9
+
+
+_TMA_STRIDE_LIMIT = 1 << 40  # bytes: a TMA descriptor's strides stay below 2**40
+_TensorDescriptor = None  # triton.tools.tensor_descriptor.TensorDescriptor, imported on first use
 
 
 def tma_descriptors(*tensors: torch.Tensor) -> tuple | None:
-    """TMA descriptors of the tensors (each [B, H, N, D], last dim contiguous; boxes of
-    [1, 1, 16, 16] until a config's pre-hook sets them), or None where TMA cannot load them:
-    a GPU before Hopper, a base address or stride not a multiple of 16 bytes, an empty tensor,
-    or ``ATTNGEN_TMA=0``. CPU tensors (the interpreter) get descriptors too, so the CPU tests run
-    the same loads as Hopper."""
-    if os.environ.get("ATTNGEN_TMA", "1") == "0":
+    """TMA descriptors of the tensors (each [B, H, N, D]; boxes of [1, 1, 16, 16] until a
+    config's pre-hook sets them), or None where TMA cannot load them: a GPU other than Hopper,
+    ``ATTNGEN_TMA=0``, an empty tensor, a base address, a stride or a row (D elements) not a
+    multiple of 16 bytes, a last dim not contiguous, a stride of 0 (an expanded dim) or of 2**40
+    bytes or more. A size-1 dim's stride is never used and is described as the dense one. CPU
+    tensors (the interpreter) get descriptors too, so the CPU tests run the same loads as Hopper.
+    About 6 us for two tensors on a 2-core CI machine: no dataclass checks, no import per call."""
+    global _TensorDescriptor
+    if os.environ.get("ATTNGEN_TMA") == "0":
         return None
-    device = tensors[0].device
-    if device.type == "cuda" and not _has_tma(device.index if device.index is not None
-                                              else torch.cuda.current_device()):
+    first = tensors[0]
+    if first.is_cuda and not _has_tma(first.get_device()):
         return None
-    for t in tensors:
-        size = t.element_size()
-        if t.numel() == 0 or t.stride(-1) != 1 or t.data_ptr() % 16 \
-                or any(stride * size % 16 for stride in t.stride()[:-1]):
-            return None
-    from triton.tools.tensor_descriptor import TensorDescriptor
+    if _TensorDescriptor is None:
+        from triton.tools.tensor_descriptor import TensorDescriptor
 
-    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, 16, 16])
-                 for t in tensors)
+        _TensorDescriptor = TensorDescriptor
+    descriptors = []
+    for t in tensors:
+        shape, strides, size = list(t.shape), list(t.stride()), t.element_size()
+        if t.data_ptr() % 16 or strides[-1] != 1 or 0 in shape or shape[-1] * size % 16:
+            return None
+        for i in range(len(shape) - 2, -1, -1):
+            if shape[i] == 1:
+                strides[i] = strides[i + 1] * shape[i + 1]
+            elif strides[i] == 0 or strides[i] * size % 16 or strides[i] * size >= _TMA_STRIDE_LIMIT:
+                return None
+        d = _TensorDescriptor.__new__(_TensorDescriptor)  # checked above
+        d.__dict__.update(base=t, shape=shape, strides=strides, block_shape=[1, 1, 16, 16],
+                          padding="zero")
+        descriptors.append(d)
+    return tuple(descriptors)
+
+
+def set_tma_boxes(kernel, args: Sequence, meta: dict) -> None:
+    """tma_block_shapes for a launch past the autotuner (``kernel``: the autotuned kernel; meta:
+    its flags and the config's blocks), without building the argument dict."""
+    if meta.get("TMA"):
+        index = _arg_index(kernel)
+        for name, rows in TMA_BOXES.items():
+            if name in index:
+                args[index[name]].block_shape = [1, 1, meta[rows], meta["BLOCK_D"]]
 
 
 def tma_block_shapes(nargs: dict) -> None:
@@ -851,6 +879,14 @@ def plain_eager(t: torch.Tensor) -> bool:
         and torch._C._len_torch_dispatch_stack() == 0
 
 
+def _arg_index(kernel) -> dict[str, int]:
+    """An autotuned kernel's argument name -> position (kept on the kernel)."""
+    index = getattr(kernel, "attngen_arg_index", None)
+    if index is None:
+        index = kernel.attngen_arg_index = {name: i for i, name in enumerate(kernel.arg_names)}
+    return index
+
+
 def tuned_config(kernel, args: Sequence, flags: dict):
     """The config ``kernel`` (a ``triton.autotune``d kernel) chose for a launch with these
     arguments, or None while it has not chosen (its first launch in this length bucket, which
@@ -860,9 +896,7 @@ def tuned_config(kernel, args: Sequence, flags: dict):
     configs = kernel.configs
     if len(configs) == 1:  # the autotuner skips keys for a lone config
         return configs[0]
-    index = getattr(kernel, "attngen_arg_index", None)
-    if index is None:
-        index = kernel.attngen_arg_index = {name: i for i, name in enumerate(kernel.arg_names)}
+    index = _arg_index(kernel)
     key = []
     for name in kernel.keys:
         i = index.get(name)
@@ -886,10 +920,13 @@ def launch(kernel, grid, args: list, flags: dict) -> None:
     if config is None:
         kernel[grid](*args, **flags)  # autotunes
     else:
-        if config.pre_hook is not None:  # as the autotuner runs it (e.g. the TMA boxes)
-            config.pre_hook({**dict(zip(kernel.arg_names, args)), **flags, **config.all_kwargs()})
+        meta = {**flags, **config.all_kwargs()}
+        if config.pre_hook is tma_block_shapes:  # as the autotuner would run it
+            set_tma_boxes(kernel, args, meta)
+        elif config.pre_hook is not None:
+            config.pre_hook({**dict(zip(kernel.arg_names, args)), **meta})
         kernel.best_config = config  # as the autotuner's run sets it
-        kernel.fn.run(*args, grid=grid, warmup=False, **flags, **config.all_kwargs())
+        kernel.fn.run(*args, grid=grid, warmup=False, **meta)
 
 
 def on_device(device: torch.device):

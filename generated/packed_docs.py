@@ -208,7 +208,8 @@ def _documents(params, shapes):
 #   TMA                  K and V are read through TMA descriptors KDesc, VDesc of [B, Hkv, N, D]
 #                        (runtime.tma_descriptors: Hopper and later, 16-byte aligned strides):
 #                        boxes of [1, 1, BLOCK_N, BLOCK_D], zero-filled out of bounds, no masks or
-#                        address math; otherwise KDesc and VDesc are K and V, unused
+#                        address math; otherwise KDesc and VDesc are None (so a launch's autotune
+#                        key, which lists the arguments' dtypes, is the same either way)
 #   PRECISION            tl.dot input precision ("ieee" for fp32 inputs)
 # Scores run in fp32 in the log2 domain (exp2); the online softmax keeps a row max m_i and sum l_i.
 # [Note] fully masked rows: while a row's max is -inf, exponents use 0 as the shift, so every
@@ -1791,7 +1792,7 @@ def _launch(kernel, grid, args, flags, trace):
         runtime.launch(kernel, grid, args, flags)
     else:  # past the autotuner: its configs' pre-hook (the TMA boxes) by hand
         meta = dict(flags, TRACE=True, BLOCK_M=trace["block_m"], BLOCK_N=trace["block_n"])
-        runtime.tma_block_shapes({**dict(zip(kernel.arg_names, args)), **meta})
+        runtime.set_tma_boxes(kernel, args, meta)
         kernel.fn[grid](*args, **meta, num_warps=4, num_stages=1)
 
 
@@ -1806,12 +1807,12 @@ def _launch_fwd(q, k, v, scale, params, shapes, sparse=(), block=(), trace=None)
         lse.fill_(-float("inf"))
         return out, lse
     grid = lambda meta: (runtime.cdiv(shapes.q_len, meta["BLOCK_M"]), shapes.batch * shapes.heads_q)
-    descriptors = runtime.tma_descriptors(k, v)  # None: pointer loads (K and V stand in)
+    descriptors = runtime.tma_descriptors(k, v)  # None: pointer loads
     args = [
         q,
         k,
         v,
-        *(descriptors or (k, v)),
+        *(descriptors or (None, None)),
         out,
         lse,
         trace["fwd"] if trace else out,
@@ -1901,13 +1902,13 @@ def _launch_bwd(
             runtime.cdiv(shapes.kv_len, meta["BLOCK_N"]),
             shapes.batch * shapes.heads_kv,
         )
-        rows = runtime.tma_descriptors(q, grad_out)  # None: pointer loads (Q and dO stand in)
+        rows = runtime.tma_descriptors(q, grad_out)  # None: pointer loads
         dkdv_args = [
             q,
             k,
             v,
             grad_out,
-            *(rows or (q, grad_out)),
+            *(rows or (None, None)),
             lse,
             delta,
             dk,
@@ -1935,13 +1936,13 @@ def _launch_bwd(
             runtime.cdiv(shapes.q_len, meta["BLOCK_M"]),
             shapes.batch * shapes.heads_q,
         )
-        keys = runtime.tma_descriptors(k, v)  # None: pointer loads (K and V stand in)
+        keys = runtime.tma_descriptors(k, v)  # None: pointer loads
         dq_args = [
             q,
             k,
             v,
             grad_out,
-            *(keys or (k, v)),
+            *(keys or (None, None)),
             lse,
             delta,
             dq,

@@ -20,7 +20,9 @@ Default run (about two minutes on two cores; the full matrix about five):
 * fp16 on sm_90 with wgmma: every kernel of ``llama`` at D=80 (a head dim that is not a power
   of two) and an inline spec with an integer power (forward, D=64);
 * D=16 (every kernel of ``llama4_chunked``, bf16), fp32 (llama forward, D=32, no wgmma needed)
-  and sm_80 (llama forward, bf16 and fp16, D=64, no wgmma).
+  and sm_80 (llama forward, bf16 and fp16, D=64, no wgmma);
+* sm_90 without TMA (``ATTNGEN_TMA=0``, the fallback to pointer loads): llama's training kernels
+  at D=64, with wgmma.
 
 ``ATTNGEN_FULL_MATRIX=1`` runs the sweep for ``--dtype bf16,fp16`` (fp16 for every kernel of
 every example as well) and the fp32 forward at D=64 too.
@@ -67,11 +69,12 @@ LINE = re.compile(
     r"(?P<missing>  <- expected wgmma)?$")
 
 
-def _compile(tmp: Path, attngen_cache: Path, *args: str, timeout: int = COMMAND_LIMIT_S):
+def _compile(tmp: Path, attngen_cache: Path, *args: str, timeout: int = COMMAND_LIMIT_S,
+             extra_env: dict | None = None):
     tmp.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(TRITON_INTERPRET="0", ATTNGEN_CACHE_DIR=str(attngen_cache),
-               TRITON_CACHE_DIR=str(tmp / "triton-cache"))
+               TRITON_CACHE_DIR=str(tmp / "triton-cache"), **(extra_env or {}))
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "attngen.cli", "compile", *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=timeout)
@@ -106,11 +109,15 @@ def runs(tmp_path_factory, attngen_cache_dir):
         # register pressure of the kernels the benchmarks time (causal, D=128, bf16)
         "spills": ("examples/llama.attn", "--dtype", "bf16", "--head-dim", "128", "--kernels",
                    "fwd,bwd", "--resources"),
+        # Hopper's fallback from TMA to pointer loads (misaligned tensors, ATTNGEN_TMA=0)
+        "no_tma": ("examples/llama.attn", "--dtype", "bf16", "--head-dim", "64", "--kernels",
+                   "fwd,bwd"),
     }
+    envs = {"no_tma": {"ATTNGEN_TMA": "0"}}
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=JOBS) as pool:
         futures = {name: pool.submit(_compile, tmp / re.sub(r"\W", "_", name),
-                                     attngen_cache_dir, *args)
+                                     attngen_cache_dir, *args, extra_env=envs.get(name))
                    for name, args in commands.items()}
         results = {name: f.result() for name, f in futures.items()}
     wall = time.perf_counter() - start
@@ -220,6 +227,16 @@ def test_fp32_compile(runs):
     assert [f[:3] for f in _fwd_lines(lines)] == [("fp32", d, "90") for d in FP32_DIMS]
     assert all(ln["dtype"] == "fp32" and int(ln["d"]) in FP32_DIMS for ln in lines)
     assert not [ln for ln in lines if ln["missing"]]  # wgmma is not required for fp32
+
+
+def test_sm90_pointer_loads_compile(runs):
+    """Without TMA (ATTNGEN_TMA=0: the runtime's fallback for tensors TMA cannot describe) the
+    sm_90 training kernels still compile, with wgmma."""
+    proc, lines, _ = runs["no_tma"]
+    assert proc.returncode == 0, _log(proc)
+    assert sorted(ln["kernel"] for ln in lines) == sorted(
+        ["llama_fwd", "_llama_bwd_preprocess", "llama_bwd_dkdv", "llama_bwd_dq"])
+    assert all(ln["wgmma"] == "yes" for ln in lines if expects_wgmma(ln["kernel"]))
 
 
 def test_sm80_compile(runs):

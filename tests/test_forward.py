@@ -881,18 +881,28 @@ def test_tensors_on_another_gpu_than_the_current_one():
 
 # ---- TMA loads -------------------------------------------------------------------------------
 
-def test_tma_descriptors_only_for_aligned_tensors(monkeypatch):
-    """runtime.tma_descriptors gives descriptors of [B, H, N, D] for tensors TMA can read (16-byte
-    aligned base and strides, last dim contiguous) and None otherwise, or when ATTNGEN_TMA=0."""
+def test_tma_descriptors_only_for_tensors_tma_can_describe(monkeypatch):
+    """runtime.tma_descriptors gives descriptors of [B, H, N, D] for tensors TMA can read and
+    None otherwise (or with ATTNGEN_TMA=0): base, strides and rows multiples of 16 bytes, no
+    expanded (stride-0) dim, nothing empty; a size-1 dim's unused stride is described densely."""
     aligned = torch.zeros(2, 3, 17, 64, dtype=torch.float16)
     descs = runtime.tma_descriptors(aligned, aligned)
     assert [list(d.shape) for d in descs] == [[2, 3, 17, 64]] * 2
     assert list(descs[0].strides) == list(aligned.stride())
-    odd_rows = torch.zeros(2, 3, 17, 20, dtype=torch.float16)  # rows of 40 bytes
-    assert runtime.tma_descriptors(aligned, odd_rows) is None
+    assert runtime.tma_descriptors(aligned, torch.zeros(2, 3, 17, 20, dtype=torch.float16)) is None
     shifted = torch.zeros(2 * 3 * 17 * 64 + 1, dtype=torch.float16)[1:].view(2, 3, 17, 64)
     assert runtime.tma_descriptors(shifted, aligned) is None  # base 2 bytes past 16
     assert runtime.tma_descriptors(aligned, torch.zeros(2, 3, 0, 64)) is None
+    narrow = torch.zeros(2, 3, 17, 64, dtype=torch.float16)[..., :20]  # rows of 40 bytes
+    assert runtime.tma_descriptors(narrow, aligned) is None
+    expanded = torch.zeros(2, 1, 17, 64, dtype=torch.float16).expand(2, 3, 17, 64)
+    assert runtime.tma_descriptors(expanded, aligned) is None
+    sum_grad = torch.ones(2, 3, 1, 64, dtype=torch.float16).expand(2, 3, 17, 64)  # d(out.sum(2))
+    assert runtime.tma_descriptors(aligned, sum_grad) is None
+    one_head = torch.zeros(2, 17, 1, 64, dtype=torch.float16).transpose(1, 2)  # [2, 1, 17, 64]
+    odd = torch.as_strided(one_head, one_head.shape, (17 * 64, 3, 64, 1))  # stride 3 on H = 1
+    (desc,) = runtime.tma_descriptors(odd)
+    assert list(desc.strides) == [17 * 64, 17 * 64, 64, 1]
     monkeypatch.setenv("ATTNGEN_TMA", "0")
     assert runtime.tma_descriptors(aligned, aligned) is None
 
