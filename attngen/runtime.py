@@ -631,7 +631,7 @@ def tma_descriptors(*tensors: torch.Tensor) -> tuple | None:
     multiple of 16 bytes, a last dim not contiguous, a stride of 0 (an expanded dim) or of 2**40
     bytes or more. A size-1 dim's stride is never used and is described as the dense one. CPU
     tensors (the interpreter) get descriptors too, so the CPU tests run the same loads as Hopper.
-    About 6 us for two tensors on a 2-core CI machine: no dataclass checks, no import per call."""
+    About 8 us for two tensors on a 2-core CI machine: no dataclass checks, no import per call."""
     global _TensorDescriptor
     if os.environ.get("ATTNGEN_TMA") == "0":
         return None
@@ -650,7 +650,8 @@ def tma_descriptors(*tensors: torch.Tensor) -> tuple | None:
         for i in range(len(shape) - 2, -1, -1):
             if shape[i] == 1:
                 strides[i] = strides[i + 1] * shape[i + 1]
-            elif strides[i] == 0 or strides[i] * size % 16 or strides[i] * size >= _TMA_STRIDE_LIMIT:
+            elif strides[i] == 0 or strides[i] * size % 16 \
+                    or strides[i] * size >= _TMA_STRIDE_LIMIT:
                 return None
         d = _TensorDescriptor.__new__(_TensorDescriptor)  # checked above
         d.__dict__.update(base=t, shape=shape, strides=strides, block_shape=[1, 1, 16, 16],
@@ -732,7 +733,8 @@ def autotune_configs(kernel: str, fixed: dict | None, space: dict | None, *,
 def config_like(config, blocks: dict | None = None, num_stages: int | None = None,
                 num_warps: int | None = None):
     """A copy of a ``triton.Config`` with other blocks, stages or warps, keeping its pre-hook
-    (the forward's sets the TMA boxes: without it a launch fails to compile, its box too small)."""
+    (the training kernels' sets their TMA boxes: without it a launch fails to compile, its box
+    too small)."""
     import triton
 
     return triton.Config(dict(config.kwargs if blocks is None else blocks),
