@@ -660,14 +660,19 @@ def tma_descriptors(*tensors: torch.Tensor) -> tuple | None:
     return tuple(descriptors)
 
 
+def _tma_box(meta: dict, name: str) -> list[int]:
+    """The box of descriptor ``name`` for a launch's flags and config blocks ``meta``."""
+    return [1, 1, meta[TMA_BOXES[name]], meta["BLOCK_D"]]
+
+
 def set_tma_boxes(kernel, args: Sequence, meta: dict) -> None:
     """tma_block_shapes for a launch past the autotuner (``kernel``: the autotuned kernel; meta:
     its flags and the config's blocks), without building the argument dict."""
     if meta.get("TMA"):
         index = _arg_index(kernel)
-        for name, rows in TMA_BOXES.items():
+        for name in TMA_BOXES:
             if name in index:
-                args[index[name]].block_shape = [1, 1, meta[rows], meta["BLOCK_D"]]
+                args[index[name]].block_shape = _tma_box(meta, name)
 
 
 def tma_block_shapes(nargs: dict) -> None:
@@ -675,9 +680,9 @@ def tma_block_shapes(nargs: dict) -> None:
     config's tile, [1, 1, BLOCK_N or BLOCK_M (TMA_BOXES), BLOCK_D] (nothing to do when the
     tensors come as pointers)."""
     if nargs.get("TMA"):
-        for name, rows in TMA_BOXES.items():
+        for name in TMA_BOXES:
             if name in nargs:
-                nargs[name].block_shape = [1, 1, nargs[rows], nargs["BLOCK_D"]]
+                nargs[name].block_shape = _tma_box(nargs, name)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -122,8 +122,8 @@ def _hashable(key: Iterable) -> tuple:
 
 
 def _config(entry: dict, pre_hook=None):
-    """A table entry's ``triton.Config``, with the kernel's config pre-hook (the forward's sets
-    its TMA boxes)."""
+    """A table entry's ``triton.Config``, with the kernel's config pre-hook (the training
+    kernels' sets their TMA boxes)."""
     import triton
 
     c = entry["config"]
