@@ -610,7 +610,8 @@ def length_bucket(n: int) -> int:
 # results 2026-11-30-h200-tma.md): forward causal 8k 1.19 -> 1.03 ms, full 4k 1.14 -> 1.03 ms at
 # the best config; descriptors built on the device per program cost more than they saved on
 # short tiles.
-TMA_BOXES = {"KDesc": "BLOCK_N", "VDesc": "BLOCK_N", "QDesc": "BLOCK_M", "DODesc": "BLOCK_M"}
+TMA_BOXES = {"KDesc": "BLOCK_N", "VDesc": "BLOCK_N", "QDesc": "BLOCK_M", "DODesc": "BLOCK_M",
+             "DQDesc": "BLOCK_M"}  # DQDesc: dK/dV's fp32 dQ accumulator, written by reduce-add
 
 
 @functools.lru_cache(maxsize=None)
@@ -671,7 +672,7 @@ def set_tma_boxes(kernel, args: Sequence, meta: dict) -> None:
     if meta.get("TMA"):
         index = _arg_index(kernel)
         for name in TMA_BOXES:
-            if name in index:
+            if name in index and args[index[name]] is not None:
                 args[index[name]].block_shape = _tma_box(meta, name)
 
 
@@ -681,7 +682,7 @@ def tma_block_shapes(nargs: dict) -> None:
     tensors come as pointers)."""
     if nargs.get("TMA"):
         for name in TMA_BOXES:
-            if name in nargs:
+            if nargs.get(name) is not None:
                 nargs[name].block_shape = _tma_box(nargs, name)
 
 
@@ -797,7 +798,7 @@ SHARED_MEMORY_LIMITS = {90: 232448, 89: 101376, 86: 101376, 80: 166912}
 
 def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
                       tile_loads: int = 0, block_m: int | None = None,
-                      kernel: str = "fwd") -> list:
+                      kernel: str = "fwd", dq_rows: bool = False) -> list:
     """The configs whose tiles fit in ``limit`` bytes of shared memory, in order; if none does,
     the smallest shrunk (fewer stages first, then fewer keys) until it fits.
 
@@ -807,7 +808,8 @@ def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
     dQ ("dq") holds Q and dO and streams K and V; plus, per tile-shaped param read in the score
     or mask (``tile_loads``: a bias table indexed by q and kv), ``num_stages - 1`` pipelined
     BLOCK_M x BLOCK_N buffers of 4 bytes. ``block_m``: the query rows of configs without a
-    BLOCK_M (decode fixes it per call).
+    BLOCK_M (decode fixes it per call). ``dq_rows``: dK/dV also writes fp32 dQ rows (DQ_ATOMIC),
+    staged in shared memory for the TMA reduce.
     """
     configs = fix_known_compiler_issues(for_head_dim(configs, block_d), block_d)
 
@@ -817,7 +819,8 @@ def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
         rows = 2 * stages * m * 4 if kernel == "dkdv" else 0  # LSE and Delta
         # dQ: 32 more bytes per query row and tile load (measured on sm_90 for t5_bias)
         scratch = tile_loads * 32 * m if kernel == "dq" else 0
-        return (held + stages * streamed) * block_d * elem + rows + scratch \
+        dq = m * block_d * 4 if dq_rows else 0
+        return (held + stages * streamed) * block_d * elem + rows + scratch + dq \
             + tile_loads * (stages - 1) * m * n * 4
 
     kept = [c for c in configs if estimate(c) <= limit]
@@ -845,7 +848,8 @@ def shared_memory_pruner(tile_loads: int, kernel: str = "fwd"):
             return configs
         return fit_shared_memory(configs, kwargs.get("BLOCK_D", named_args.get("BLOCK_D")),
                                  q.element_size(), _shared_memory_limit(q.device.index or 0),
-                                 tile_loads, kwargs.get("BLOCK_M"), kernel)
+                                 tile_loads, kwargs.get("BLOCK_M"), kernel,
+                                 bool(kwargs.get("DQ_ATOMIC")))
 
     return prune
 
@@ -894,15 +898,57 @@ def _arg_index(kernel) -> dict[str, int]:
     return index
 
 
-def tuned_config(kernel, args: Sequence, flags: dict):
-    """The config ``kernel`` (a ``triton.autotune``d kernel) chose for a launch with these
-    arguments, or None while it has not chosen (its first launch in this length bucket, which
-    benchmarks). The key is the autotuner's own (triton 3.6 ``Autotuner.run``): the values of
-    its ``key`` arguments among those passed, then the dtype of every passed argument that has
-    one, positional arguments first."""
-    configs = kernel.configs
-    if len(configs) == 1:  # the autotuner skips keys for a lone config
-        return configs[0]
+# Launches past triton's JITFunction.run: after a kernel's first launch with some arguments, the
+# compiled kernel and its launcher are kept per "call key" and called directly. Timed on the H200
+# machine's CPU (results 2026-11-30-h200-host.md): run's binder (~40 native specialisations),
+# its cache key and checks were ~60 of the ~80 us of host time per launch.
+FAST_LAUNCH = os.environ.get("ATTNGEN_FAST_LAUNCH", "1") != "0"
+_PLAN_LIMIT = 64  # call keys kept per kernel (lengths that vary call to call make new keys)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A compiled kernel for one call key: its launcher, the constexpr values after the
+    positional arguments, and what chose its config (the autotuner's key and choice)."""
+
+    launcher: Any
+    function: Any
+    packed_metadata: Any
+    compiled: Any
+    tail: tuple
+    meta: dict
+    tune_key: tuple | None  # None: a kernel with one config, or not autotuned
+    config: Any
+
+
+def _call_key(args: Sequence) -> tuple | None:
+    """What triton 3.6 specialises a compiled kernel on, or finer: integers and floats by value
+    (triton: i32/i64, == 1, divisible by 16), tensors by dtype and 16-byte alignment, TMA
+    descriptors by their base's dtype, alignment, shape and strides (the box follows from the
+    config). None for an argument of any other type: such launches go through triton."""
+    key = []
+    for a in args:
+        t = type(a)
+        if t is int or a is None:
+            key.append(a)
+        elif isinstance(a, torch.Tensor):
+            key.append((a.dtype, a.data_ptr() % 16 == 0))
+        elif t is float or t is bool:  # typed: 0 == 0.0 == False
+            key.append((t, a))
+        elif t is _TensorDescriptor:
+            b = a.base
+            key.append((b.dtype, b.data_ptr() % 16 == 0, *a.shape, *a.strides))
+        else:
+            return None
+    return tuple(key)
+
+
+def _tune_key(kernel, args: Sequence, flags: dict) -> tuple | None:
+    """The autotuner's cache key of a launch (triton 3.6 ``Autotuner.run``): the values of its
+    ``key`` arguments among those passed, then the dtype of every passed argument that has
+    one, positional arguments first. None for a kernel with a single config (no key)."""
+    if len(kernel.configs) == 1:
+        return None
     index = _arg_index(kernel)
     key = []
     for name in kernel.keys:
@@ -913,27 +959,100 @@ def tuned_config(kernel, args: Sequence, flags: dict):
             key.append(flags[name])
     key += [str(a.dtype) for a in args if hasattr(a, "dtype")]
     key += [str(v.dtype) for k, v in flags.items() if k in index and hasattr(v, "dtype")]
-    return kernel.cache.get(tuple(key))
+    return tuple(key)
+
+
+def tuned_config(kernel, args: Sequence, flags: dict):
+    """The config ``kernel`` (a ``triton.autotune``d kernel) chose for a launch with these
+    arguments, or None while it has not chosen (its first launch in this length bucket, which
+    benchmarks)."""
+    key = _tune_key(kernel, args, flags)
+    return kernel.configs[0] if key is None else kernel.cache.get(key)
+
+
+def _current_device() -> int:
+    from triton.runtime import driver
+
+    return driver.active.get_current_device()
+
+
+def _current_stream(device: int):
+    from triton.runtime import driver
+
+    return driver.active.get_current_stream(device)
+
+
+def _plans(kernel) -> dict:
+    plans = getattr(kernel, "attngen_plans", None)
+    if plans is None:
+        plans = kernel.attngen_plans = {}
+    return plans
 
 
 def launch(kernel, grid, args: list, flags: dict) -> None:
-    """``kernel[grid](*args, **flags)`` for an autotuned kernel. Once the autotuner has chosen
-    a config for the call's key, that config's kernel is launched directly, without the
-    autotuner's own per-call work (its dicts over all ~60 arguments): about 20 us less host time
-    for a one-launch forward on the H200 machine's CPU. Most of a launch's host time there,
-    ~170 us against 15 us for an empty kernel, is Triton's binder and launcher going through
-    the arguments (results 2026-11-30-h200-tuned.md)."""
-    config = tuned_config(kernel, args, flags)
-    if config is None:
-        kernel[grid](*args, **flags)  # autotunes
-    else:
+    """``kernel[grid](*args, **flags)`` for a kernel, autotuned (``triton.autotune``) or not.
+    Once the autotuner has chosen a config for the call's key, that config's compiled kernel is
+    launched directly: the first such launch goes through triton's ``JITFunction.run`` (which
+    compiles or finds the kernel for the arguments' specialisation) and keeps it as a plan under
+    the call key (``_call_key``); later launches with the same key call its launcher, skipping
+    run's binder, cache key and checks (``forward`` of 8 documents, 147-180 -> 111 us of host
+    time per call on the H200 machine). A plan is used only while the autotuner still holds
+    the config it was made with (re-tuning drops it); never under the interpreter."""
+    fast = FAST_LAUNCH and not interpreting()
+    if fast:
+        device, arg_key = _current_device(), _call_key(args)
+        key = (device, *flags.values(), arg_key)
+        plans = _plans(kernel)
+        plan = plans.get(key)
+        if plan is not None and (plan.tune_key is None
+                                 or kernel.cache.get(plan.tune_key) is plan.config):
+            _run_plan(plan, grid, args, device)
+            return
+        fast = arg_key is not None
+    if hasattr(kernel, "configs"):  # autotuned
+        jit, tune_key = kernel.fn, _tune_key(kernel, args, flags)
+        config = kernel.configs[0] if tune_key is None else kernel.cache.get(tune_key)
+        if config is None:
+            kernel[grid](*args, **flags)  # autotunes
+            return
         meta = {**flags, **config.all_kwargs()}
         if config.pre_hook is tma_block_shapes:  # as the autotuner would run it
             set_tma_boxes(kernel, args, meta)
         elif config.pre_hook is not None:
             config.pre_hook({**dict(zip(kernel.arg_names, args)), **meta})
         kernel.best_config = config  # as the autotuner's run sets it
-        kernel.fn.run(*args, grid=grid, warmup=False, **meta)
+    else:
+        jit, tune_key, config, meta = kernel, None, None, flags
+    compiled = jit.run(*args, grid=grid, warmup=False, **meta)
+    if fast and compiled is not None and not hasattr(compiled, "result") \
+            and getattr(config, "pre_hook", None) in (None, tma_block_shapes):
+        if len(plans) >= _PLAN_LIMIT:
+            plans.clear()
+        params = jit.params[len(args):]
+        tail = tuple(meta[p.name] if p.name in meta else p.default for p in params)
+        plans[key] = _Plan(compiled.run, compiled.function, compiled.packed_metadata, compiled,
+                           tail, meta, tune_key, config)
+
+
+def _hooked(hook) -> bool:
+    """Whether a launch hook of triton's knobs does anything (3.6: an empty HookChain)."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def _run_plan(plan: _Plan, grid, args: Sequence, device: int) -> None:
+    """Launch a plan's compiled kernel (what ``JITFunction.run`` ends with)."""
+    from triton import knobs
+
+    stream = _current_stream(device)
+    grid = grid(plan.meta) if callable(grid) else grid
+    enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    if _hooked(enter) or _hooked(leave):  # a profiler's hooks (proton): as run passes them
+        metadata = plan.compiled.launch_metadata(grid, stream, *args, *plan.tail)
+    else:
+        metadata = enter = leave = None
+    plan.launcher(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
+                  stream, plan.function, plan.packed_metadata, metadata, enter, leave, *args,
+                  *plan.tail)
 
 
 def on_device(device: torch.device):

@@ -1672,19 +1672,25 @@ def _launch_bwd(
     if out.numel() and shapes.kv_len:
         delta = torch.empty_like(lse)
         preprocess_grid = (runtime.cdiv(shapes.q_len, 64), shapes.batch * shapes.heads_q)
-        _prefix_lm_bwd_preprocess[preprocess_grid](
-            out,
-            grad_out,
-            grad_lse if grad_lse is not None else delta,
-            delta,
-            *out.stride()[:3],
-            *grad_out.stride()[:3],
-            shapes.heads_q,
-            shapes.q_len,
-            HEAD_DIM=shapes.head_dim,
-            BLOCK_D=runtime.next_power_of_2(shapes.head_dim),
-            HAS_DLSE=grad_lse is not None,
-            BLOCK_M=64,
+        runtime.launch(
+            _prefix_lm_bwd_preprocess,
+            preprocess_grid,
+            [
+                out,
+                grad_out,
+                grad_lse if grad_lse is not None else delta,
+                delta,
+                *out.stride()[:3],
+                *grad_out.stride()[:3],
+                shapes.heads_q,
+                shapes.q_len,
+            ],
+            dict(
+                HEAD_DIM=shapes.head_dim,
+                BLOCK_D=runtime.next_power_of_2(shapes.head_dim),
+                HAS_DLSE=grad_lse is not None,
+                BLOCK_M=64,
+            ),
         )
         common = dict(
             HEAD_DIM=shapes.head_dim,
@@ -1854,18 +1860,24 @@ def _launch_decode(
         trace["block_m"] = block_m
     _launch(prefix_lm_decode_kernel, lambda meta: (splits, programs), args, flags, trace)
     if splits > 1:
-        _prefix_lm_decode_combine[(batch * heads_q * q_len,)](
-            part,
-            part_lse,
-            out,
-            lse,
-            *out.stride()[:3],
-            heads_q,
-            q_len,
-            splits,
-            HEAD_DIM=head_dim,
-            BLOCK_D=runtime.next_power_of_2(head_dim),
-            BLOCK_S=runtime.next_power_of_2(splits),
+        runtime.launch(
+            _prefix_lm_decode_combine,
+            (batch * heads_q * q_len,),
+            [
+                part,
+                part_lse,
+                out,
+                lse,
+                *out.stride()[:3],
+                heads_q,
+                q_len,
+                splits,
+            ],
+            dict(
+                HEAD_DIM=head_dim,
+                BLOCK_D=runtime.next_power_of_2(head_dim),
+                BLOCK_S=runtime.next_power_of_2(splits),
+            ),
         )
     return out, lse
 
