@@ -610,8 +610,7 @@ def length_bucket(n: int) -> int:
 # results 2026-11-30-h200-tma.md): forward causal 8k 1.19 -> 1.03 ms, full 4k 1.14 -> 1.03 ms at
 # the best config; descriptors built on the device per program cost more than they saved on
 # short tiles.
-TMA_BOXES = {"KDesc": "BLOCK_N", "VDesc": "BLOCK_N", "QDesc": "BLOCK_M", "DODesc": "BLOCK_M",
-             "DQDesc": "BLOCK_M"}  # DQDesc: dK/dV's fp32 dQ accumulator, written by reduce-add
+TMA_BOXES = {"KDesc": "BLOCK_N", "VDesc": "BLOCK_N", "QDesc": "BLOCK_M", "DODesc": "BLOCK_M"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -672,7 +671,7 @@ def set_tma_boxes(kernel, args: Sequence, meta: dict) -> None:
     if meta.get("TMA"):
         index = _arg_index(kernel)
         for name in TMA_BOXES:
-            if name in index and args[index[name]] is not None:
+            if name in index:
                 args[index[name]].block_shape = _tma_box(meta, name)
 
 
@@ -682,7 +681,7 @@ def tma_block_shapes(nargs: dict) -> None:
     tensors come as pointers)."""
     if nargs.get("TMA"):
         for name in TMA_BOXES:
-            if nargs.get(name) is not None:
+            if name in nargs:
                 nargs[name].block_shape = _tma_box(nargs, name)
 
 
@@ -798,7 +797,7 @@ SHARED_MEMORY_LIMITS = {90: 232448, 89: 101376, 86: 101376, 80: 166912}
 
 def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
                       tile_loads: int = 0, block_m: int | None = None,
-                      kernel: str = "fwd", dq_rows: bool = False) -> list:
+                      kernel: str = "fwd") -> list:
     """The configs whose tiles fit in ``limit`` bytes of shared memory, in order; if none does,
     the smallest shrunk (fewer stages first, then fewer keys) until it fits.
 
@@ -808,8 +807,7 @@ def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
     dQ ("dq") holds Q and dO and streams K and V; plus, per tile-shaped param read in the score
     or mask (``tile_loads``: a bias table indexed by q and kv), ``num_stages - 1`` pipelined
     BLOCK_M x BLOCK_N buffers of 4 bytes. ``block_m``: the query rows of configs without a
-    BLOCK_M (decode fixes it per call). ``dq_rows``: dK/dV also writes fp32 dQ rows (DQ_ATOMIC),
-    staged in shared memory for the TMA reduce.
+    BLOCK_M (decode fixes it per call).
     """
     configs = fix_known_compiler_issues(for_head_dim(configs, block_d), block_d)
 
@@ -819,8 +817,7 @@ def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
         rows = 2 * stages * m * 4 if kernel == "dkdv" else 0  # LSE and Delta
         # dQ: 32 more bytes per query row and tile load (measured on sm_90 for t5_bias)
         scratch = tile_loads * 32 * m if kernel == "dq" else 0
-        dq = m * block_d * 4 if dq_rows else 0
-        return (held + stages * streamed) * block_d * elem + rows + scratch + dq \
+        return (held + stages * streamed) * block_d * elem + rows + scratch \
             + tile_loads * (stages - 1) * m * n * 4
 
     kept = [c for c in configs if estimate(c) <= limit]
@@ -848,8 +845,7 @@ def shared_memory_pruner(tile_loads: int, kernel: str = "fwd"):
             return configs
         return fit_shared_memory(configs, kwargs.get("BLOCK_D", named_args.get("BLOCK_D")),
                                  q.element_size(), _shared_memory_limit(q.device.index or 0),
-                                 tile_loads, kwargs.get("BLOCK_M"), kernel,
-                                 bool(kwargs.get("DQ_ATOMIC")))
+                                 tile_loads, kwargs.get("BLOCK_M"), kernel)
 
     return prune
 
