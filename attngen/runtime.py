@@ -632,16 +632,12 @@ def tma_descriptors(*tensors: torch.Tensor) -> tuple | None:
     bytes or more. A size-1 dim's stride is never used and is described as the dense one. CPU
     tensors (the interpreter) get descriptors too, so the CPU tests run the same loads as Hopper.
     About 8 us for two tensors on a 2-core CI machine: no dataclass checks, no import per call."""
-    global _TensorDescriptor
     if os.environ.get("ATTNGEN_TMA") == "0":
         return None
     first = tensors[0]
     if first.is_cuda and not _has_tma(first.get_device()):
         return None
-    if _TensorDescriptor is None:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        _TensorDescriptor = TensorDescriptor
+    descriptor = _descriptor_type()
     descriptors = []
     for t in tensors:
         shape, strides, size = list(t.shape), list(t.stride()), t.element_size()
@@ -653,7 +649,7 @@ def tma_descriptors(*tensors: torch.Tensor) -> tuple | None:
             elif strides[i] == 0 or strides[i] * size % 16 \
                     or strides[i] * size >= _TMA_STRIDE_LIMIT:
                 return None
-        d = _TensorDescriptor.__new__(_TensorDescriptor)  # checked above
+        d = descriptor.__new__(descriptor)  # checked above
         d.__dict__.update(base=t, shape=shape, strides=strides, block_shape=[1, 1, 16, 16],
                           padding="zero")
         descriptors.append(d)
@@ -899,7 +895,7 @@ def _arg_index(kernel) -> dict[str, int]:
 # machine's CPU (results 2026-11-30-h200-host.md): run's binder (~40 native specialisations),
 # its cache key and checks were ~60 of the ~80 us of host time per launch.
 FAST_LAUNCH = os.environ.get("ATTNGEN_FAST_LAUNCH", "1") != "0"
-_PLAN_LIMIT = 64  # call keys kept per kernel (lengths that vary call to call make new keys)
+_PLAN_LIMIT = 64  # call keys kept per kernel, oldest dropped first
 
 
 @dataclass(frozen=True)
@@ -917,26 +913,52 @@ class _Plan:
     config: Any
 
 
+def _descriptor_type():
+    """triton.tools.tensor_descriptor.TensorDescriptor, imported on first use."""
+    global _TensorDescriptor
+    if _TensorDescriptor is None:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        _TensorDescriptor = TensorDescriptor
+    return _TensorDescriptor
+
+
 def _call_key(args: Sequence) -> tuple | None:
-    """What triton 3.6 specialises a compiled kernel on, or finer: integers and floats by value
-    (triton: i32/i64, == 1, divisible by 16), tensors by dtype and 16-byte alignment, TMA
-    descriptors by their base's dtype, alignment, shape and strides (the box follows from the
-    config). None for an argument of any other type: such launches go through triton."""
+    """What triton 3.6 specialises a compiled kernel on, or finer, for these arguments: an int
+    as 1 (a constant) or by divisibility by 16 and range (i32, i64, u64), a float or bool by
+    type, a tensor by dtype and 16-byte alignment, a TMA descriptor by its base's dtype (its box
+    comes from the config, part of the plan; the launcher reads the box from the compiled
+    kernel, not from the argument, so boxes are not set on this path). The autotuner's key
+    arguments are added by value by the caller. None for an argument of any other type: such
+    launches go through triton."""
     key = []
     for a in args:
         t = type(a)
-        if t is int or a is None:
-            key.append(a)
+        if t is int:
+            key.append(1 if a == 1 else (a % 16 == 0, -0x80000000 <= a <= 0x7FFFFFFF,
+                                         a <= 0x7FFFFFFFFFFFFFFF))
+        elif a is None:
+            key.append(None)
         elif isinstance(a, torch.Tensor):
             key.append((a.dtype, a.data_ptr() % 16 == 0))
-        elif t is float or t is bool:  # typed: 0 == 0.0 == False
-            key.append((t, a))
+        elif t is float or t is bool:
+            key.append(t)
         elif t is _TensorDescriptor:
-            b = a.base
-            key.append((b.dtype, b.data_ptr() % 16 == 0, *a.shape, *a.strides))
+            key.append((t, a.base.dtype))
         else:
             return None
     return tuple(key)
+
+
+def _by_value(kernel, args: Sequence) -> tuple:
+    """The values of an autotuned kernel's key arguments among ``args`` (the length buckets):
+    the config a plan was made with holds for these values only."""
+    positions = getattr(kernel, "attngen_key_positions", None)
+    if positions is None:
+        index = _arg_index(kernel) if hasattr(kernel, "configs") else {}
+        positions = kernel.attngen_key_positions = tuple(
+            index[name] for name in getattr(kernel, "keys", ()) if name in index)
+    return tuple(args[i] for i in positions if i < len(args))
 
 
 def _tune_key(kernel, args: Sequence, flags: dict) -> tuple | None:
@@ -990,19 +1012,25 @@ def launch(kernel, grid, args: list, flags: dict) -> None:
     Once the autotuner has chosen a config for the call's key, that config's compiled kernel is
     launched directly: the first such launch goes through triton's ``JITFunction.run`` (which
     compiles or finds the kernel for the arguments' specialisation) and keeps it as a plan under
-    the call key (``_call_key``); later launches with the same key call its launcher, skipping
-    run's binder, cache key and checks (``forward`` of 8 documents, 147-180 -> 111 us of host
-    time per call on the H200 machine). A plan is used only while the autotuner still holds
-    the config it was made with (re-tuning drops it); never under the interpreter."""
-    fast = FAST_LAUNCH and not interpreting()
+    the call key (the device, triton's debug and instrumentation settings, the flags, the
+    autotuner's key arguments by value, ``_call_key``); later launches with that key call its
+    launcher, skipping run's binder, cache key and checks (``forward`` of 8 documents, 147-180
+    -> 111 us of host time per call on the H200 machine). A plan is used only while the
+    autotuner still holds the config it was made with (re-tuning drops it); never under the
+    interpreter, on ROCm (whose compiler also specialises on buffer sizes) or with run hooks.
+    A grid function gets the flags and the config's values (as every generated grid reads)."""
+    fast = FAST_LAUNCH and _plans_allowed()
     if fast:
+        from triton import knobs
+
         device, arg_key = _current_device(), _call_key(args)
-        key = (device, *flags.values(), arg_key)
+        key = (device, knobs.runtime.debug, knobs.compilation.instrumentation_mode,
+               *flags.values(), *_by_value(kernel, args), arg_key)
         plans = _plans(kernel)
         plan = plans.get(key)
         if plan is not None and (plan.tune_key is None
                                  or kernel.cache.get(plan.tune_key) is plan.config):
-            _run_plan(plan, grid, args, device)
+            _run_plan(kernel, plan, grid, args, device)
             return
         fast = arg_key is not None
     if hasattr(kernel, "configs"):  # autotuned
@@ -1018,16 +1046,21 @@ def launch(kernel, grid, args: list, flags: dict) -> None:
             config.pre_hook({**dict(zip(kernel.arg_names, args)), **meta})
         kernel.best_config = config  # as the autotuner's run sets it
     else:
-        jit, tune_key, config, meta = kernel, None, None, flags
+        jit, tune_key, config, meta = kernel, None, None, dict(flags)
     compiled = jit.run(*args, grid=grid, warmup=False, **meta)
     if fast and compiled is not None and not hasattr(compiled, "result") \
+            and not jit.pre_run_hooks \
             and getattr(config, "pre_hook", None) in (None, tma_block_shapes):
         if len(plans) >= _PLAN_LIMIT:
-            plans.clear()
+            del plans[next(iter(plans))]  # the oldest
         params = jit.params[len(args):]
         tail = tuple(meta[p.name] if p.name in meta else p.default for p in params)
         plans[key] = _Plan(compiled.run, compiled.function, compiled.packed_metadata, compiled,
                            tail, meta, tune_key, config)
+
+
+def _plans_allowed() -> bool:
+    return not interpreting() and torch.version.hip is None
 
 
 def _hooked(hook) -> bool:
@@ -1035,7 +1068,7 @@ def _hooked(hook) -> bool:
     return hook is not None and bool(getattr(hook, "calls", True))
 
 
-def _run_plan(plan: _Plan, grid, args: Sequence, device: int) -> None:
+def _run_plan(kernel, plan: _Plan, grid, args: Sequence, device: int) -> None:
     """Launch a plan's compiled kernel (what ``JITFunction.run`` ends with)."""
     from triton import knobs
 
@@ -1046,6 +1079,8 @@ def _run_plan(plan: _Plan, grid, args: Sequence, device: int) -> None:
         metadata = plan.compiled.launch_metadata(grid, stream, *args, *plan.tail)
     else:
         metadata = enter = leave = None
+    if plan.config is not None:
+        kernel.best_config = plan.config  # as the autotuner's run sets it
     plan.launcher(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
                   stream, plan.function, plan.packed_metadata, metadata, enter, leave, *args,
                   *plan.tail)

@@ -10,14 +10,15 @@ import itertools
 
 import pytest
 import torch
-import triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from triton._C.libtriton import native_specialize_impl
-from triton.backends.compiler import BaseBackend
-from triton.tools.tensor_descriptor import TensorDescriptor
 
-from attngen import runtime
+from attngen import runtime  # first: without a GPU it selects the interpreter for triton
+
+import triton  # noqa: E402  (isort: skip)
+from triton._C.libtriton import native_specialize_impl  # noqa: E402
+from triton.backends.compiler import BaseBackend  # noqa: E402
+from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 _POOL = torch.zeros(256, dtype=torch.float32)
 
@@ -52,16 +53,27 @@ def test_call_key_is_at_least_as_fine_as_triton(args):
             assert _triton_spec(a) == _triton_spec(b), (a, b)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_ARGS, min_size=3, max_size=3), st.lists(_ARGS, min_size=3, max_size=3))
+def test_equal_call_keys_of_argument_lists_mean_equal_specialisations(a, b):
+    if runtime._call_key(a) == runtime._call_key(b):
+        assert [_triton_spec(x) for x in a] == [_triton_spec(x) for x in b]
+
+
 def test_call_key_of_descriptors_and_unknown_types():
-    runtime.tma_descriptors(torch.zeros(1, 1, 16, 16))  # imports TensorDescriptor
-    base = torch.zeros(1, 2, 16, 16, dtype=torch.float16)
-    d = TensorDescriptor(base, list(base.shape), list(base.stride()), [1, 1, 16, 16])
-    wide = torch.zeros(1, 2, 32, 16, dtype=torch.float16)
-    e = TensorDescriptor(wide, list(wide.shape), list(wide.stride()), [1, 1, 16, 16])
-    assert runtime._call_key([d]) != runtime._call_key([e])  # shapes differ
-    assert runtime._call_key([d]) == runtime._call_key(
-        [TensorDescriptor(base.clone(), list(base.shape), list(base.stride()), [1, 1, 16, 16])])
-    assert runtime._call_key([d, 3]) is not None
+    descriptor = runtime._descriptor_type()
+    assert descriptor is TensorDescriptor
+
+    def desc(shape, dtype=torch.float16, box=(1, 1, 16, 16)):
+        base = torch.zeros(shape, dtype=dtype)
+        return TensorDescriptor(base, list(base.shape), list(base.stride()), list(box))
+
+    # triton specialises a descriptor on its dtype and box only (the box comes from the config,
+    # which the plan holds): other shapes share a key, another dtype does not
+    small, wide = desc((1, 2, 16, 16)), desc((1, 2, 48, 16))
+    assert _triton_spec(small) == _triton_spec(wide)
+    assert runtime._call_key([small]) == runtime._call_key([wide])
+    assert runtime._call_key([small]) != runtime._call_key([desc((1, 2, 16, 16), torch.float32)])
     # a type the key does not know (numpy ints, strings...): no plan, triton decides
     assert runtime._call_key([3, "x"]) is None
 
@@ -79,12 +91,16 @@ class _Compiled:
     def run(self):
         return lambda *a: self.log.append(("launcher", a))
 
+    def launch_metadata(self, grid, stream, *args):
+        return ("metadata", grid, stream)
+
 
 class _Jit:
-    """JITFunction's part that launch uses: params, and run returning the compiled kernel."""
+    """JITFunction's part that launch uses: params, run hooks, and run returning the compiled
+    kernel."""
 
     def __init__(self, log, names):
-        self.log, self.params = log, [_Param(n) for n in names]
+        self.log, self.params, self.pre_run_hooks = log, [_Param(n) for n in names], []
 
     def run(self, *args, grid, warmup, **meta):
         self.log.append(("run", args, tuple(sorted(meta.items()))))
@@ -94,18 +110,24 @@ class _Jit:
 class _Autotuned:
     """triton.autotune's attributes that launch reads."""
 
-    def __init__(self, log):
+    def __init__(self, log, pre_hook=None):
+        self.log = log
         self.fn = _Jit(log, ["X", "n", "bucket", "FLAG", "BLOCK"])
         self.arg_names = ["X", "n", "bucket", "FLAG", "BLOCK"]
         self.keys = ["bucket"]
-        self.configs = [triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 32})]
+        self.configs = [triton.Config({"BLOCK": 16}, pre_hook=pre_hook),
+                        triton.Config({"BLOCK": 32}, pre_hook=pre_hook)]
         self.cache = {}
+
+    def __getitem__(self, grid):  # a launch the autotuner handles (it would benchmark)
+        return lambda *args, **flags: self.log.append(("autotune", args))
 
 
 @pytest.fixture
 def on_gpu(monkeypatch):
-    """launch as it runs with a GPU: not interpreting, device 0, stream 7."""
+    """launch as it runs with a GPU: not interpreting, CUDA, device 0, stream 7."""
     monkeypatch.setattr(runtime, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(runtime, "_current_device", lambda: 0)
     monkeypatch.setattr(runtime, "_current_stream", lambda device: 7)
     monkeypatch.setattr(runtime, "FAST_LAUNCH", True)
@@ -115,32 +137,78 @@ def _kinds(log):
     return [entry[0] for entry in log]
 
 
-def test_plans_skip_run_until_the_key_or_the_tuned_config_changes(on_gpu):
-    log = []
-    kernel = _Autotuned(log)
+def _tuned(log, pre_hook=None):
+    kernel = _Autotuned(log, pre_hook)
     x = torch.zeros(64)
     tune_key = (64, str(x.dtype))
     kernel.cache[tune_key] = kernel.configs[1]
-    grid = lambda meta: (64 // meta["BLOCK"], 2)  # noqa: E731
+    return kernel, x, tune_key
 
-    runtime.launch(kernel, grid, [x, 16, 64], {"FLAG": True})
+
+_GRID = lambda meta: (64 // meta["BLOCK"], 2)  # noqa: E731
+
+
+def test_plans_skip_run_until_the_key_or_the_tuned_config_changes(on_gpu):
+    log = []
+    kernel, x, tune_key = _tuned(log)
+    runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": True})
     assert _kinds(log) == ["run"] and dict(log[0][2])["BLOCK"] == 32
-    runtime.launch(kernel, grid, [x, 16, 64], {"FLAG": True})
+    runtime.launch(kernel, _GRID, [x, 32, 64], {"FLAG": True})  # another multiple of 16
     assert _kinds(log) == ["run", "launcher"]
     # grid from the config's meta, the current stream, then the arguments and constexpr tail
-    assert log[1][1] == (2, 2, 1, 7, "fn", "packed", None, None, None, x, 16, 64, True, 32)
+    assert log[1][1] == (2, 2, 1, 7, "fn", "packed", None, None, None, x, 32, 64, True, 32)
+    assert kernel.best_config is kernel.configs[1]
 
-    runtime.launch(kernel, grid, [x, 17, 64], {"FLAG": True})  # another int: triton decides
-    runtime.launch(kernel, grid, [x, 16, 64], {"FLAG": False})  # another flag
-    assert _kinds(log)[2:] == ["run", "run"]
-    runtime.launch(kernel, grid, [x, 17, 64], {"FLAG": True})
-    assert _kinds(log)[4:] == ["launcher"]
+    runtime.launch(kernel, _GRID, [x, 17, 64], {"FLAG": True})  # not a multiple of 16
+    runtime.launch(kernel, _GRID, [x, 1, 64], {"FLAG": True})  # 1: a constant to triton
+    runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": False})  # another flag
+    assert _kinds(log)[2:] == ["run", "run", "run"]
+    runtime.launch(kernel, _GRID, [x, 33, 64], {"FLAG": True})  # 17's class
+    assert _kinds(log)[5:] == ["launcher"]
+    runtime.launch(kernel, _GRID, [x, 16, 128], {"FLAG": True})  # another autotuner key
+    assert _kinds(log)[6:] == ["autotune"]
 
     kernel.cache[tune_key] = kernel.configs[0]  # re-tuned: the plan of BLOCK 32 is dropped
-    runtime.launch(kernel, grid, [x, 16, 64], {"FLAG": True})
-    assert _kinds(log)[5:] == ["run"] and dict(log[5][2])["BLOCK"] == 16
-    runtime.launch(kernel, grid, [x, 16, 64], {"FLAG": True})
-    assert log[6][0] == "launcher" and log[6][1][:3] == (4, 2, 1)
+    runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": True})
+    assert _kinds(log)[7:] == ["run"] and dict(log[7][2])["BLOCK"] == 16
+    runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": True})
+    assert log[8][0] == "launcher" and log[8][1][:3] == (4, 2, 1)
+
+
+def test_plans_only_for_the_tma_pre_hook_and_without_run_hooks(on_gpu):
+    log = []
+    kernel, x, _ = _tuned(log, pre_hook=runtime.tma_block_shapes)
+    for _ in range(2):
+        runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": True})
+    assert _kinds(log) == ["run", "launcher"]
+
+    log = []
+    kernel, x, _ = _tuned(log, pre_hook=lambda nargs: log.append(("pre_hook",)))
+    for _ in range(2):
+        runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": True})
+    assert _kinds(log) == ["pre_hook", "run"] * 2  # a hook of its own: run it every time
+
+    log = []
+    kernel, x, _ = _tuned(log)
+    kernel.fn.pre_run_hooks.append(lambda *args, **kwargs: None)
+    for _ in range(2):
+        runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": True})
+    assert _kinds(log) == ["run", "run"]
+
+
+def test_plans_follow_triton_settings_and_launch_hooks(on_gpu, monkeypatch):
+    from triton import knobs
+
+    log = []
+    kernel, x, _ = _tuned(log)
+    runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": True})
+    monkeypatch.setattr(knobs.runtime, "debug", True)  # compiles differently: not the plan
+    runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": True})
+    assert _kinds(log) == ["run", "run"]
+    hooks = []
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda metadata: hooks.append(1))
+    runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": True})
+    assert log[2][0] == "launcher" and log[2][1][6] == ("metadata", (2, 2), 7)
 
 
 def test_plans_for_plain_kernels_and_their_limit(on_gpu, monkeypatch):
@@ -148,22 +216,26 @@ def test_plans_for_plain_kernels_and_their_limit(on_gpu, monkeypatch):
     jit = _Jit(log, ["X", "n", "BLOCK"])
     monkeypatch.setattr(runtime, "_PLAN_LIMIT", 3)
     x = torch.zeros(64)
-    for n in (16, 16, 17, 18, 19, 16):
-        runtime.launch(jit, (1,), [x, n], {"BLOCK": 8})
-    # 16 planned, reused; 17, 18 planned; 19 clears the full table, so 16 runs again
-    assert _kinds(log) == ["run", "launcher", "run", "run", "run", "run"]
-    assert len(jit.attngen_plans) == 2
+    for block in (8, 8, 16, 32, 64, 16, 8):
+        runtime.launch(jit, (1,), [x, 16], {"BLOCK": block})
+    # 8 planned, reused; 16, 32 planned; 64 drops the oldest (8): 16 reused, 8 runs again
+    assert _kinds(log) == ["run", "launcher", "run", "run", "run", "launcher", "run"]
+    assert len(jit.attngen_plans) == 3
 
 
-def test_no_plans_when_turned_off_or_interpreting(on_gpu, monkeypatch):
+def test_no_plans_when_turned_off_interpreting_or_on_rocm(on_gpu, monkeypatch):
     log = []
     jit = _Jit(log, ["X", "n", "BLOCK"])
     x = torch.zeros(64)
     monkeypatch.setattr(runtime, "FAST_LAUNCH", False)
     for _ in range(2):
-        runtime.launch(jit, (1,), [x, 16, 64], {"BLOCK": 8})
+        runtime.launch(jit, (1,), [x, 16], {"BLOCK": 8})
     monkeypatch.setattr(runtime, "FAST_LAUNCH", True)
     monkeypatch.setattr(runtime, "interpreting", lambda: True)
     for _ in range(2):
-        runtime.launch(jit, (1,), [x, 16, 64], {"BLOCK": 8})
-    assert _kinds(log) == ["run"] * 4
+        runtime.launch(jit, (1,), [x, 16], {"BLOCK": 8})
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # buffer-size specialisation: not keyed
+    for _ in range(2):
+        runtime.launch(jit, (1,), [x, 16], {"BLOCK": 8})
+    assert _kinds(log) == ["run"] * 6
