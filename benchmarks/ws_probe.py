@@ -1,18 +1,21 @@
 """Probe: does triton 3.6's warp specialisation (``tl.range(..., warp_specialize=True)``) speed
-up a FlashAttention-2 dK/dV loop on Hopper? A minimal dK/dV kernel (MHA, one program per key tile
-of one head, a loop over query tiles; K, V, Q, dO, LSE and Delta read through device-side TMA
-descriptors) is checked against a float32 reference, then timed with and without warp
-specialisation at the configs our generated dK/dV kernel uses. Its answer decides whether the
-generated dK/dV kernel (templates/bwd.py.jinja) should get a warp-specialised variant.
+up FlashAttention-2 loops on Hopper? Two minimal kernels (MHA, K pre-scaled by scale * log2(e),
+every tile read through device-side TMA descriptors): dK/dV (one program per key tile, a loop
+over query tiles) and the forward (one program per query tile, a loop over key tiles). Each is
+checked against a float32 reference, then timed with and without warp specialisation at the
+configs the generated kernels use and their 4-warp twins.
 
-    python benchmarks/ws_probe.py [--bh 32] [--n 8192] [--dtype bf16]
+    python benchmarks/ws_probe.py [--bh 32] [--n 8192] [--dtype bf16] [--kernels dkdv,fwd]
 
-What compiling for sm_90 showed (2026-11-30, no GPU): warp specialisation applies at 4 warps
-only (8 is silently ignored); K and V must come through descriptors (pointer loads before the
-loop assert in the compiler); one specialised loop per kernel (a masked loop followed by an
-unmasked one asserts), so the causal variant runs a single loop with the mask on every tile.
-triton-lang/triton#8311 reports wrong results with warp_specialize: the check below runs first.
-On the CPU (``TRITON_INTERPRET=1``, fp16, small sizes) only the check runs.
+What compiling for sm_90 showed: warp specialisation applies at 4 warps only (8 is silently
+ignored; 4 become 12: a producer group and two consumer groups that split the tile); K and V
+must come through descriptors (pointer loads before the loop assert in the compiler); one
+specialised loop per kernel (a masked loop followed by an unmasked one asserts), so the causal
+variants run a single loop with the mask on every tile; param gathers in the loop (document ids,
+a bias table) assert too. Results on an H200: benchmarks/results/2026-11-30-h200-warp-specialize.md
+(some configs return NaNs, cf. triton-lang/triton#8311: the check runs first, and a row whose
+error is nan is wrong). On the CPU (``TRITON_INTERPRET=1``, fp16, small sizes) only the check
+runs.
 """
 
 from __future__ import annotations
@@ -82,9 +85,58 @@ def dkdv_probe(Q, K, V, DO, Lse, Delta, DK, DV, seq, heads, BLOCK_M: tl.constexp
     tl.store(DV + rows[:, None] * HEAD_DIM + offs_d[None, :], dv.to(DV.dtype.element_ty))
 
 
+@triton.jit
+def _key_tiles(acc, l_i, m_i, q, k_desc, v_desc, head, lo, hi, offs_m, seq,
+               BLOCK_N: tl.constexpr, MASK: tl.constexpr, WS: tl.constexpr):
+    """Online softmax over key tiles [lo, hi) (K pre-scaled: scores in log2 units)."""
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+        k = k_desc.load([head * seq + start_n, 0])
+        v = v_desc.load([head * seq + start_n, 0])
+        s = tl.dot(q, tl.trans(k))
+        if MASK:  # causal: query position >= key position
+            s = tl.where(offs_m[:, None] >= (start_n + tl.arange(0, BLOCK_N))[None, :], s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def fwd_probe(Q, K, V, Out, seq, heads, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              HEAD_DIM: tl.constexpr, WS: tl.constexpr, CAUSAL: tl.constexpr):
+    """Q, K, V, Out: [heads * seq, HEAD_DIM] (K pre-scaled by scale * log2(e))."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest first
+    head = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    q_desc = tl.make_tensor_descriptor(Q, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
+    k_desc = tl.make_tensor_descriptor(K, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    v_desc = tl.make_tensor_descriptor(V, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    o_desc = tl.make_tensor_descriptor(Out, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
+    q = q_desc.load([head * seq + pid_m * BLOCK_M, 0])
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if not CAUSAL:
+        acc, l_i, m_i = _key_tiles(acc, l_i, m_i, q, k_desc, v_desc, head, 0, seq, offs_m, seq,
+                                   BLOCK_N, False, WS)
+    elif WS:  # one loop: the mask on every tile
+        acc, l_i, m_i = _key_tiles(acc, l_i, m_i, q, k_desc, v_desc, head, 0,
+                                   (pid_m + 1) * BLOCK_M, offs_m, seq, BLOCK_N, True, WS)
+    else:  # unmasked tiles, then the diagonal ones masked
+        lo = pid_m * BLOCK_M
+        acc, l_i, m_i = _key_tiles(acc, l_i, m_i, q, k_desc, v_desc, head, 0, lo, offs_m, seq,
+                                   BLOCK_N, False, False)
+        acc, l_i, m_i = _key_tiles(acc, l_i, m_i, q, k_desc, v_desc, head, lo, lo + BLOCK_M,
+                                   offs_m, seq, BLOCK_N, True, False)
+    o_desc.store([head * seq + pid_m * BLOCK_M, 0], (acc / l_i[:, None]).to(Out.dtype.element_ty))
+
+
 def inputs(heads: int, seq: int, head_dim: int, dtype: torch.dtype, device: str, causal: bool):
-    """Q, K (pre-scaled), V, dO in ``dtype``, and Lse (log2 units), Delta and the reference dK,
-    dV of the pre-scaled K (float32)."""
+    """Q, K (pre-scaled), V, dO in ``dtype``, and Lse (log2 units), Delta; and the float32
+    references: Out, and dK, dV of the pre-scaled K."""
     gen = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(heads, seq, head_dim, generator=gen) for _ in range(4))
     k = k * head_dim ** -0.5 * LOG2E
@@ -94,24 +146,40 @@ def inputs(heads: int, seq: int, head_dim: int, dtype: torch.dtype, device: str,
         s = s.masked_fill(torch.ones(seq, seq, dtype=torch.bool, device=device).triu(1), -math.inf)
     lse = torch.logsumexp(s * math.log(2), -1) / math.log(2)
     p = torch.exp2(s - lse[..., None])
-    delta = ((p @ v.float()) * do.float()).sum(-1)
+    out = p @ v.float()
+    delta = (out * do.float()).sum(-1)
     dv = p.transpose(1, 2) @ do.float()
     dk = (p * (do.float() @ v.float().transpose(1, 2) - delta[..., None])).transpose(1, 2) @ q.float()
     flat = lambda t: t.reshape(heads * seq, head_dim)  # noqa: E731
-    return (flat(q), flat(k), flat(v), flat(do), lse.contiguous(), delta.contiguous()), (dk, dv)
+    return (flat(q), flat(k), flat(v), flat(do), lse.contiguous(), delta.contiguous()), \
+        {"fwd": (out,), "dkdv": (dk, dv)}
 
 
-def launcher(args, heads, seq, config, ws, causal):
+def launcher(kernel, args, heads, seq, config, ws, causal):
+    """A launch of the probe ``kernel`` ("fwd" or "dkdv") and its outputs."""
     block_m, block_n, warps, stages = config
     q, k, v, do, lse, delta = args
+    meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=q.shape[1], WS=ws, CAUSAL=causal,
+                num_warps=warps, num_stages=stages)
+    if kernel == "fwd":
+        out = torch.empty_like(q)
+
+        def run():
+            fwd_probe[(seq // block_m, heads)](q, k, v, out, seq, heads, **meta)
+        return run, (out,)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
 
     def run():
-        dkdv_probe[(seq // block_n, heads)](q, k, v, do, lse, delta, dk, dv, seq, heads,
-                                             BLOCK_M=block_m, BLOCK_N=block_n,
-                                             HEAD_DIM=q.shape[1], WS=ws, CAUSAL=causal,
-                                             num_warps=warps, num_stages=stages)
-    return run, dk, dv
+        dkdv_probe[(seq // block_n, heads)](q, k, v, do, lse, delta, dk, dv, seq, heads, **meta)
+    return run, (dk, dv)
+
+
+CONFIGS = {  # (BLOCK_M, BLOCK_N, warps, stages): the generated kernels' and Flex's, 4-warp twins
+    "fwd": [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 4, 2), (128, 128, 4, 3), (128, 64, 4, 3),
+            (64, 128, 4, 3)],
+    "dkdv": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (32, 128, 4, 2),
+             (64, 128, 8, 3)],
+}
 
 
 def main() -> None:
@@ -119,37 +187,39 @@ def main() -> None:
     parser.add_argument("--bh", type=int, default=32, help="batch * heads of the timed case")
     parser.add_argument("--n", type=int, default=8192, help="sequence length of the timed case")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    parser.add_argument("--kernels", default="dkdv,fwd")
     args = parser.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,
                                                                  device=device))
-    configs = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (32, 128, 4, 2)]
-    if not gpu:
-        configs = [(16, 32, 4, 1)]
     check_seq = 256 if gpu else 64
-    print(f"{'causal':6} {'config':14} {'ws':5} {'rel err':>8} {'ms':>8} {'TFLOP/s':>8}")
-    for causal in (False, True):
-        small, (ref_dk, ref_dv) = inputs(2, check_seq, 128, dtype, device, causal)
-        big = inputs(args.bh, args.n, 128, dtype, device, causal)[0] if gpu else None
-        for config in configs:
-            for ws in (False, True):
-                try:
-                    run, dk, dv = launcher(small, 2, check_seq, config, ws, causal)
-                    run()
-                    err = max(((x.float().reshape(r.shape) - r).abs().max() / r.abs().max()).item()
-                              for x, r in ((dk, ref_dk), (dv, ref_dv)))
-                    ms = flops = math.nan
-                    if gpu:
-                        run, _, _ = launcher(big, args.bh, args.n, config, ws, causal)
-                        ms = triton.testing.do_bench(run, warmup=50, rep=300)
-                        flops = 4 * 2 * args.bh * args.n ** 2 * 128 * (0.5 if causal else 1.0)
-                    print(f"{causal!s:6} {str(config):14} {ws!s:5} {err:8.1e} {ms:8.3f} "
-                          f"{flops / ms / 1e9:8.0f}", flush=True)
-                except Exception as error:  # a config the compiler refuses: reported, not fatal
-                    print(f"{causal!s:6} {str(config):14} {ws!s:5} FAIL {type(error).__name__}: "
-                          f"{str(error)[:100]}", flush=True)
+    print(f"{'kernel':6} {'causal':6} {'config':16} {'ws':5} {'rel err':>8} {'ms':>8} "
+          f"{'TFLOP/s':>8}")
+    for kernel in args.kernels.split(","):
+        configs = CONFIGS[kernel] if gpu else [(32, 32, 4, 1)]
+        for causal in (False, True):
+            small, refs = inputs(2, check_seq, 128, dtype, device, causal)
+            big = inputs(args.bh, args.n, 128, dtype, device, causal)[0] if gpu else None
+            for config in configs:
+                for ws in (False, True):
+                    try:
+                        run, outs = launcher(kernel, small, 2, check_seq, config, ws, causal)
+                        run()
+                        err = max(((x.float().reshape(r.shape) - r).abs().max()
+                                   / r.abs().max()).item() for x, r in zip(outs, refs[kernel]))
+                        ms = flops = math.nan
+                        if gpu:
+                            run, _ = launcher(kernel, big, args.bh, args.n, config, ws, causal)
+                            ms = triton.testing.do_bench(run, warmup=50, rep=300)
+                            flops = (4 if kernel == "fwd" else 8) * args.bh * args.n ** 2 * 128 \
+                                * (0.5 if causal else 1.0)
+                        print(f"{kernel:6} {causal!s:6} {str(config):16} {ws!s:5} {err:8.1e} "
+                              f"{ms:8.3f} {flops / ms / 1e9:8.0f}", flush=True)
+                    except Exception as error:  # a config the compiler refuses: not fatal
+                        print(f"{kernel:6} {causal!s:6} {str(config):16} {ws!s:5} FAIL "
+                              f"{type(error).__name__}: {str(error)[:100]}", flush=True)
 
 
 if __name__ == "__main__":
