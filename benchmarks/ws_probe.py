@@ -6,6 +6,10 @@ checked against a float32 reference, then timed with and without warp specialisa
 configs the generated kernels use and their 4-warp twins.
 
     python benchmarks/ws_probe.py [--bh 32] [--n 8192] [--dtype bf16] [--kernels dkdv,fwd]
+        [--configs "64,128,4,2 ..."] [--variant host,ptr_rows]
+
+--variant makes the dK/dV probe more like the generated kernel, one difference at a time (the
+generated kernel's warp-specialised variant hung on an H200 where the probe ran: see results).
 
 What compiling for sm_90 showed: warp specialisation applies at 4 warps only (8 is silently
 ignored; 4 become 12: a producer group and two consumer groups that split the tile); K and V
@@ -31,14 +35,23 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, head, lo, hi, offs_n, seq,
-                 BLOCK_M: tl.constexpr, MASK: tl.constexpr, WS: tl.constexpr):
+def _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, Lse, Delta, head, lo, hi,
+                 offs_n, seq, BLOCK_M: tl.constexpr, MASK: tl.constexpr, WS: tl.constexpr,
+                 HOST: tl.constexpr, PTR_ROWS: tl.constexpr):
     """dK, dV over query tiles [lo, hi) (tiles held transposed: keys along rows)."""
     for start_m in tl.range(lo, hi, BLOCK_M, warp_specialize=WS):
-        q = q_desc.load([head * seq + start_m, 0])
-        do = do_desc.load([head * seq + start_m, 0])
-        lse = lse_desc.load([head, start_m])  # [1, BLOCK_M], log2 units
-        delta = delta_desc.load([head, start_m])
+        if HOST:  # [1, heads, seq, D] descriptors built on the host (as the generated kernels)
+            q = tl.reshape(q_desc.load([0, head, start_m, 0]), (BLOCK_M, k.shape[1]))
+            do = tl.reshape(do_desc.load([0, head, start_m, 0]), (BLOCK_M, k.shape[1]))
+        else:
+            q = q_desc.load([head * seq + start_m, 0])
+            do = do_desc.load([head * seq + start_m, 0])
+        if PTR_ROWS:  # pointer loads in the loop (as the generated kernels)
+            lse = tl.load(Lse + head * seq + start_m + tl.arange(0, BLOCK_M))[None, :]
+            delta = tl.load(Delta + head * seq + start_m + tl.arange(0, BLOCK_M))[None, :]
+        else:
+            lse = lse_desc.load([head, start_m])  # [1, BLOCK_M], log2 units
+            delta = delta_desc.load([head, start_m])
         p = tl.math.exp2(tl.dot(k, tl.trans(q)) - lse)
         if MASK:  # causal: query position >= key position
             p = tl.where((start_m + tl.arange(0, BLOCK_M))[None, :] >= offs_n[:, None], p, 0.0)
@@ -49,11 +62,13 @@ def _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, head, lo, 
 
 
 @triton.jit
-def dkdv_probe(Q, K, V, DO, Lse, Delta, DK, DV, seq, heads, BLOCK_M: tl.constexpr,
-               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, WS: tl.constexpr,
-               CAUSAL: tl.constexpr):
+def dkdv_probe(Q, K, V, DO, Lse, Delta, DK, DV, HostQ, HostDO, HostK, HostV, seq, heads,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+               WS: tl.constexpr, CAUSAL: tl.constexpr, HOST: tl.constexpr = False,
+               PTR_ROWS: tl.constexpr = False):
     """Q, K, V, DO: [heads * seq, HEAD_DIM] (K pre-scaled by scale * log2(e)); Lse, Delta:
-    [heads, seq] (Lse in log2 units)."""
+    [heads, seq] (Lse in log2 units). HOST: tiles through the host-built descriptors Host*
+    (else built on the device); PTR_ROWS: Lse and Delta by pointer (else by descriptor)."""
     pid_n = tl.program_id(0)
     head = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -61,26 +76,34 @@ def dkdv_probe(Q, K, V, DO, Lse, Delta, DK, DV, seq, heads, BLOCK_M: tl.constexp
     rows = head * seq + offs_n
     k_desc = tl.make_tensor_descriptor(K, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
     v_desc = tl.make_tensor_descriptor(V, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
-    k = k_desc.load([head * seq + pid_n * BLOCK_N, 0])
-    v = v_desc.load([head * seq + pid_n * BLOCK_N, 0])
-    q_desc = tl.make_tensor_descriptor(Q, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
-    do_desc = tl.make_tensor_descriptor(DO, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
+    if HOST:
+        k = tl.reshape(HostK.load([0, head, pid_n * BLOCK_N, 0]), (BLOCK_N, HEAD_DIM))
+        v = tl.reshape(HostV.load([0, head, pid_n * BLOCK_N, 0]), (BLOCK_N, HEAD_DIM))
+        q_desc, do_desc = HostQ, HostDO
+    else:
+        k = k_desc.load([head * seq + pid_n * BLOCK_N, 0])
+        v = v_desc.load([head * seq + pid_n * BLOCK_N, 0])
+        q_desc = tl.make_tensor_descriptor(Q, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        do_desc = tl.make_tensor_descriptor(DO, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
     lse_desc = tl.make_tensor_descriptor(Lse, shape=[heads, seq], strides=[seq, 1], block_shape=[1, BLOCK_M])
     delta_desc = tl.make_tensor_descriptor(Delta, shape=[heads, seq], strides=[seq, 1], block_shape=[1, BLOCK_M])
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     if not CAUSAL:
-        dk, dv = _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, head, 0, seq,
-                              offs_n, seq, BLOCK_M, False, WS)
+        dk, dv = _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, Lse,
+                              Delta, head, 0, seq, offs_n, seq, BLOCK_M, False, WS, HOST, PTR_ROWS)
     elif WS:  # one loop: the mask on every tile
-        dk, dv = _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, head,
-                              pid_n * BLOCK_N, seq, offs_n, seq, BLOCK_M, True, WS)
+        dk, dv = _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, Lse,
+                              Delta, head, pid_n * BLOCK_N, seq, offs_n, seq, BLOCK_M, True, WS,
+                              HOST, PTR_ROWS)
     else:  # the diagonal tiles masked, the rest not (as the generated kernel splits them)
         lo = pid_n * BLOCK_N
-        dk, dv = _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, head, lo,
-                              lo + BLOCK_N, offs_n, seq, BLOCK_M, True, False)
-        dk, dv = _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, head,
-                              lo + BLOCK_N, seq, offs_n, seq, BLOCK_M, False, False)
+        dk, dv = _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, Lse,
+                              Delta, head, lo, lo + BLOCK_N, offs_n, seq, BLOCK_M, True, False,
+                              HOST, PTR_ROWS)
+        dk, dv = _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, Lse,
+                              Delta, head, lo + BLOCK_N, seq, offs_n, seq, BLOCK_M, False, False,
+                              HOST, PTR_ROWS)
     tl.store(DK + rows[:, None] * HEAD_DIM + offs_d[None, :], dk.to(DK.dtype.element_ty))
     tl.store(DV + rows[:, None] * HEAD_DIM + offs_d[None, :], dv.to(DV.dtype.element_ty))
 
@@ -155,8 +178,9 @@ def inputs(heads: int, seq: int, head_dim: int, dtype: torch.dtype, device: str,
         {"fwd": (out,), "dkdv": (dk, dv)}
 
 
-def launcher(kernel, args, heads, seq, config, ws, causal):
-    """A launch of the probe ``kernel`` ("fwd" or "dkdv") and its outputs."""
+def launcher(kernel, args, heads, seq, config, ws, causal, variant=()):
+    """A launch of the probe ``kernel`` ("fwd" or "dkdv") and its outputs; ``variant`` (dK/dV):
+    "host" (host-built descriptors), "ptr_rows" (Lse and Delta by pointer)."""
     block_m, block_n, warps, stages = config
     q, k, v, do, lse, delta = args
     meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=q.shape[1], WS=ws, CAUSAL=causal,
@@ -168,9 +192,17 @@ def launcher(kernel, args, heads, seq, config, ws, causal):
             fwd_probe[(seq // block_m, heads)](q, k, v, out, seq, heads, **meta)
         return run, (out,)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
+    host = [None] * 4
+    if "host" in variant:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        host = [TensorDescriptor.from_tensor(t.view(1, heads, seq, -1), [1, 1, b, t.shape[1]])
+                for t, b in ((q, block_m), (do, block_m), (k, block_n), (v, block_n))]
+    meta.update(HOST="host" in variant, PTR_ROWS="ptr_rows" in variant)
 
     def run():
-        dkdv_probe[(seq // block_n, heads)](q, k, v, do, lse, delta, dk, dv, seq, heads, **meta)
+        dkdv_probe[(seq // block_n, heads)](q, k, v, do, lse, delta, dk, dv, *host, seq, heads,
+                                             **meta)
     return run, (dk, dv)
 
 
@@ -188,6 +220,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8192, help="sequence length of the timed case")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     parser.add_argument("--kernels", default="dkdv,fwd")
+    parser.add_argument("--variant", default="", help="dkdv: comma list of host, ptr_rows (how "
+                        "the generated kernel differs from the probe)")
+    parser.add_argument("--configs", default="", help="m,n,warps,stages ... (default: CONFIGS)")
     args = parser.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     gpu = torch.cuda.is_available()
@@ -198,20 +233,25 @@ def main() -> None:
     print(f"{'kernel':6} {'causal':6} {'config':16} {'ws':5} {'rel err':>8} {'ms':>8} "
           f"{'TFLOP/s':>8}")
     for kernel in args.kernels.split(","):
-        configs = CONFIGS[kernel] if gpu else [(32, 32, 4, 1)]
+        configs = [tuple(int(x) for x in c.split(",")) for c in args.configs.split()] or \
+            CONFIGS[kernel]
+        configs = configs if gpu else [(32, 32, 4, 1)]
+        variant = tuple(v for v in args.variant.split(",") if v)
         for causal in (False, True):
             small, refs = inputs(2, check_seq, 128, dtype, device, causal)
             big = inputs(args.bh, args.n, 128, dtype, device, causal)[0] if gpu else None
             for config in configs:
                 for ws in (False, True):
                     try:
-                        run, outs = launcher(kernel, small, 2, check_seq, config, ws, causal)
+                        run, outs = launcher(kernel, small, 2, check_seq, config, ws, causal,
+                                             variant)
                         run()
                         err = max(((x.float().reshape(r.shape) - r).abs().max()
                                    / r.abs().max()).item() for x, r in zip(outs, refs[kernel]))
                         ms = flops = math.nan
                         if gpu:
-                            run, _ = launcher(kernel, big, args.bh, args.n, config, ws, causal)
+                            run, _ = launcher(kernel, big, args.bh, args.n, config, ws, causal,
+                                              variant)
                             ms = triton.testing.do_bench(run, warmup=50, rep=300)
                             flops = (4 if kernel == "fwd" else 8) * args.bh * args.n ** 2 * 128 \
                                 * (0.5 if causal else 1.0)
