@@ -9,7 +9,8 @@ configs the generated kernels use and their 4-warp twins.
         [--configs "64,128,4,2 ..."] [--variant host,ptr_rows]
 
 --variant makes the dK/dV probe more like the generated kernel, one difference at a time (the
-generated kernel's warp-specialised variant hung on an H200 where the probe ran: see results).
+generated kernel's first warp-specialised variant hung on an H200 where the probe ran; "host"
+compiles to the same cause: see the results).
 
 What compiling for sm_90 showed: warp specialisation applies at 4 warps only (8 is silently
 ignored; 4 become 12: a producer group and two consumer groups that split the tile); K and V
