@@ -1,11 +1,12 @@
 """Probe: does triton 3.6's warp specialisation (``tl.range(..., warp_specialize=True)``) speed
-up FlashAttention-2 loops on Hopper? Two minimal kernels (MHA, K pre-scaled by scale * log2(e),
-every tile read through device-side TMA descriptors): dK/dV (one program per key tile, a loop
-over query tiles) and the forward (one program per query tile, a loop over key tiles). Each is
+up FlashAttention-2 loops on Hopper? Three minimal kernels (MHA, K pre-scaled by
+scale * log2(e), every tile read through device-side TMA descriptors): dK/dV (one program per
+key tile, a loop over query tiles), the forward and dQ (one program per query tile, a loop over
+key tiles). Each is
 checked against a float32 reference, then timed with and without warp specialisation at the
 configs the generated kernels use and their 4-warp twins.
 
-    python benchmarks/ws_probe.py [--bh 32] [--n 8192] [--dtype bf16] [--kernels dkdv,fwd]
+    python benchmarks/ws_probe.py [--bh 32] [--n 8192] [--dtype bf16] [--kernels dkdv,fwd,dq]
         [--configs "64,128,4,2 ..."] [--variant host,ptr_rows]
 
 --variant makes the dK/dV probe more like the generated kernel, one difference at a time (the
@@ -17,7 +18,10 @@ ignored; 4 become 12: a producer group and two consumer groups that split the ti
 must come through descriptors (pointer loads before the loop assert in the compiler); one
 specialised loop per kernel (a masked loop followed by an unmasked one asserts), so the causal
 variants run a single loop with the mask on every tile; param gathers in the loop (document ids,
-a bias table) assert too. Results on an H200: benchmarks/results/2026-11-30-h200-warp-specialize.md
+a bias table) assert too. The dQ probe does not compile specialised at all: its Lse and Delta
+rows, needed before the loop, assert as pointer loads and hit an "Unexpected op" in the data
+partitioner as a [1, BLOCK_M] descriptor load reshaped to a column; its unspecialised rows time
+the baseline. Results on an H200: benchmarks/results/2026-11-30-h200-warp-specialize.md
 (some configs return NaNs, cf. triton-lang/triton#8311: the check runs first, and a row whose
 error is nan is wrong). On the CPU (``TRITON_INTERPRET=1``, fp16, small sizes) only the check
 runs.
@@ -158,6 +162,58 @@ def fwd_probe(Q, K, V, Out, seq, heads, BLOCK_M: tl.constexpr, BLOCK_N: tl.const
     o_desc.store([head * seq + pid_m * BLOCK_M, 0], (acc / l_i[:, None]).to(Out.dtype.element_ty))
 
 
+@triton.jit
+def _key_tiles_dq(dq, q, do, lse, delta, k_desc, v_desc, head, lo, hi, offs_m, seq,
+                  BLOCK_N: tl.constexpr, MASK: tl.constexpr, WS: tl.constexpr):
+    """dQ over key tiles [lo, hi) (K pre-scaled: the result is dQ of the pre-scaled K)."""
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+        k = k_desc.load([head * seq + start_n, 0])
+        v = v_desc.load([head * seq + start_n, 0])
+        p = tl.math.exp2(tl.dot(q, tl.trans(k)) - lse)
+        if MASK:  # causal: query position >= key position
+            p = tl.where(offs_m[:, None] >= (start_n + tl.arange(0, BLOCK_N))[None, :], p, 0.0)
+        ds = p * (tl.dot(do, tl.trans(v)) - delta)
+        dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@triton.jit
+def dq_probe(Q, K, V, DO, Lse, Delta, DQ, seq, heads, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, WS: tl.constexpr,
+             CAUSAL: tl.constexpr):
+    """As dkdv_probe, one program per query tile: dQ (of scores in log2 units, so d(q . k2)
+    with k2 = K pre-scaled)."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest first
+    head = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.make_tensor_descriptor(Q, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
+    grads = tl.make_tensor_descriptor(DO, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
+    k_desc = tl.make_tensor_descriptor(K, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    v_desc = tl.make_tensor_descriptor(V, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    # Lse and Delta by TMA (pointer loads before the loop assert): rows of [heads, seq]
+    lse_desc = tl.make_tensor_descriptor(Lse, shape=[heads, seq], strides=[seq, 1], block_shape=[1, BLOCK_M])
+    delta_desc = tl.make_tensor_descriptor(Delta, shape=[heads, seq], strides=[seq, 1], block_shape=[1, BLOCK_M])
+    lse = tl.reshape(lse_desc.load([head, pid_m * BLOCK_M]), (BLOCK_M, 1))  # log2 units
+    delta = tl.reshape(delta_desc.load([head, pid_m * BLOCK_M]), (BLOCK_M, 1))
+    q = rows.load([head * seq + pid_m * BLOCK_M, 0])
+    do = grads.load([head * seq + pid_m * BLOCK_M, 0])
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if not CAUSAL:
+        dq = _key_tiles_dq(dq, q, do, lse, delta, k_desc, v_desc, head, 0, seq, offs_m, seq,
+                           BLOCK_N, False, WS)
+    elif WS:  # one loop: the mask on every tile
+        dq = _key_tiles_dq(dq, q, do, lse, delta, k_desc, v_desc, head, 0, (pid_m + 1) * BLOCK_M,
+                           offs_m, seq, BLOCK_N, True, WS)
+    else:  # unmasked tiles, then the diagonal ones masked
+        lo = pid_m * BLOCK_M
+        dq = _key_tiles_dq(dq, q, do, lse, delta, k_desc, v_desc, head, 0, lo, offs_m, seq,
+                           BLOCK_N, False, False)
+        dq = _key_tiles_dq(dq, q, do, lse, delta, k_desc, v_desc, head, lo, lo + BLOCK_M, offs_m,
+                           seq, BLOCK_N, True, False)
+    out = tl.make_tensor_descriptor(DQ, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
+    out.store([head * seq + pid_m * BLOCK_M, 0], dq.to(DQ.dtype.element_ty))
+
+
 def inputs(heads: int, seq: int, head_dim: int, dtype: torch.dtype, device: str, causal: bool):
     """Q, K (pre-scaled), V, dO in ``dtype``, and Lse (log2 units), Delta; and the float32
     references: Out, and dK, dV of the pre-scaled K."""
@@ -173,14 +229,16 @@ def inputs(heads: int, seq: int, head_dim: int, dtype: torch.dtype, device: str,
     out = p @ v.float()
     delta = (out * do.float()).sum(-1)
     dv = p.transpose(1, 2) @ do.float()
-    dk = (p * (do.float() @ v.float().transpose(1, 2) - delta[..., None])).transpose(1, 2) @ q.float()
+    ds = p * (do.float() @ v.float().transpose(1, 2) - delta[..., None])
+    dk = ds.transpose(1, 2) @ q.float()
+    dq = ds @ k.float()
     flat = lambda t: t.reshape(heads * seq, head_dim)  # noqa: E731
     return (flat(q), flat(k), flat(v), flat(do), lse.contiguous(), delta.contiguous()), \
-        {"fwd": (out,), "dkdv": (dk, dv)}
+        {"fwd": (out,), "dkdv": (dk, dv), "dq": (dq,)}
 
 
 def launcher(kernel, args, heads, seq, config, ws, causal, variant=()):
-    """A launch of the probe ``kernel`` ("fwd" or "dkdv") and its outputs; ``variant`` (dK/dV):
+    """A launch of the probe ``kernel`` ("fwd", "dkdv" or "dq") and its outputs; ``variant`` (dK/dV):
     "host" (host-built descriptors), "ptr_rows" (Lse and Delta by pointer)."""
     block_m, block_n, warps, stages = config
     q, k, v, do, lse, delta = args
@@ -192,6 +250,12 @@ def launcher(kernel, args, heads, seq, config, ws, causal, variant=()):
         def run():
             fwd_probe[(seq // block_m, heads)](q, k, v, out, seq, heads, **meta)
         return run, (out,)
+    if kernel == "dq":
+        dq = torch.empty_like(q)
+
+        def run():
+            dq_probe[(seq // block_m, heads)](q, k, v, do, lse, delta, dq, seq, heads, **meta)
+        return run, (dq,)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     host = [None] * 4
     if "host" in variant:
@@ -212,6 +276,7 @@ CONFIGS = {  # (BLOCK_M, BLOCK_N, warps, stages): the generated kernels' and Fle
             (64, 128, 4, 3)],
     "dkdv": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (32, 128, 4, 2),
              (64, 128, 8, 3)],
+    "dq": [(128, 64, 8, 3), (64, 64, 4, 2), (128, 64, 4, 2), (128, 64, 4, 3), (128, 128, 4, 2)],
 }
 
 
@@ -220,7 +285,7 @@ def main() -> None:
     parser.add_argument("--bh", type=int, default=32, help="batch * heads of the timed case")
     parser.add_argument("--n", type=int, default=8192, help="sequence length of the timed case")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
-    parser.add_argument("--kernels", default="dkdv,fwd")
+    parser.add_argument("--kernels", default="dkdv,fwd,dq")
     parser.add_argument("--variant", default="", help="dkdv: comma list of host, ptr_rows (how "
                         "the generated kernel differs from the probe)")
     parser.add_argument("--configs", default="", help="m,n,warps,stages ... (default: CONFIGS)")
@@ -254,7 +319,7 @@ def main() -> None:
                             run, _ = launcher(kernel, big, args.bh, args.n, config, ws, causal,
                                               variant)
                             ms = triton.testing.do_bench(run, warmup=50, rep=300)
-                            flops = (4 if kernel == "fwd" else 8) * args.bh * args.n ** 2 * 128 \
+                            flops = {"fwd": 4, "dkdv": 8, "dq": 6}[kernel] * args.bh * args.n ** 2 * 128 \
                                 * (0.5 if causal else 1.0)
                         print(f"{kernel:6} {causal!s:6} {str(config):16} {ws!s:5} {err:8.1e} "
                               f"{ms:8.3f} {flops / ms / 1e9:8.0f}", flush=True)
