@@ -1018,6 +1018,7 @@ def launch(kernel, grid, args: list, flags: dict) -> None:
     -> 111 us of host time per call on the H200 machine). A plan is used only while the
     autotuner still holds the config it was made with (re-tuning drops it); never under the
     interpreter, on ROCm (whose compiler also specialises on buffer sizes) or with run hooks.
+    (A single config counts as chosen while it is the kernel's only one: ``_still_chosen``.)
     A grid function gets the flags and the config's values (as every generated grid reads)."""
     fast = FAST_LAUNCH and _plans_allowed()
     if fast:
@@ -1028,8 +1029,7 @@ def launch(kernel, grid, args: list, flags: dict) -> None:
                *flags.values(), *_by_value(kernel, args), arg_key)
         plans = _plans(kernel)
         plan = plans.get(key)
-        if plan is not None and (plan.tune_key is None
-                                 or kernel.cache.get(plan.tune_key) is plan.config):
+        if plan is not None and _still_chosen(kernel, plan):
             _run_plan(kernel, plan, grid, args, device)
             return
         fast = arg_key is not None
@@ -1057,6 +1057,17 @@ def launch(kernel, grid, args: list, flags: dict) -> None:
         tail = tuple(meta[p.name] if p.name in meta else p.default for p in params)
         plans[key] = _Plan(compiled.run, compiled.function, compiled.packed_metadata, compiled,
                            tail, meta, tune_key, config)
+
+
+def _still_chosen(kernel, plan: _Plan) -> bool:
+    """Whether the config a plan was made with is still the one a launch would take: the
+    autotuner's choice for the call's key, or a single-config kernel's config (which a caller
+    may swap, as benchmarks/ab.py does); plain kernels have no config."""
+    if plan.config is None:
+        return True
+    if plan.tune_key is None:
+        return kernel.configs[0] is plan.config
+    return kernel.cache.get(plan.tune_key) is plan.config
 
 
 def _plans_allowed() -> bool:

@@ -11,6 +11,11 @@ the machine's mood.
 
 Configs are BLOCK_M,BLOCK_N,num_warps,num_stages (one that does not fit reports nan). The first
 pair runs again at the end: the difference between its two timings is the noise floor of the run.
+Each pair also reports its error against the spec's float64 reference over the eager reference's
+in the same dtype (at the shape's batch and heads, length 1000): above ~1.1 the pair is wrong.
+(From the launch plans of commit aac9310 until runtime._still_chosen, a variant's later configs
+reused the first one's compiled kernel at the timed shape: the config comparisons of
+results/2026-11-30-h200-warp-specialize.md timed its first config only; ab.py now checks.)
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ def kernel_ms(module, kernel: str, config: tuple, op, shape, backward: bool,
     for _ in range(3):
         step()
     torch.cuda.synchronize()
+    if autotuner.best_config is not autotuner.configs[0]:  # the launch took another config
+        raise RuntimeError(f"{kernel} launched {autotuner.best_config}, not {config}")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
             step()
@@ -69,6 +76,28 @@ def kernel_ms(module, kernel: str, config: tuple, op, shape, backward: bool,
     total = sum(e.device_time_total for e in events) / 1000 / iters
     wall = do_bench(step, warmup=10, rep=100, return_mode="median")
     return (times[0] / 1000 / iters if times else float("nan")), total, wall
+
+
+def error_ratio(module, op, shape, backward: bool) -> float:
+    """The worst of out's (and dq's, dk's, dv's) mean errors against the spec's float64
+    reference over the eager reference's in the inputs' dtype, at ``shape`` with its length cut
+    to 1000 (ragged tiles): above ~1.1 the config computes something else (run after kernel_ms
+    fixed it)."""
+    B, H, N, D, *hkv = shape
+    q, k, v, params = inputs(op, B, H, min(N, 1000), D, *hkv)
+    d_out = torch.randn_like(q)
+
+    def run(fn, cast):
+        leaves = [x.detach().to(cast).requires_grad_(backward) for x in (q, k, v)]
+        out = fn(*leaves, **params)
+        grads = torch.autograd.grad(out, leaves, d_out.to(cast)) if backward else ()
+        return [x.detach().double() for x in (out, *grads)]
+
+    gold = run(op.reference, torch.float64)
+    eager = run(op.reference, q.dtype)
+    kern = run(getattr(module, module.NAME), q.dtype)
+    return max(float((a - g).abs().mean()) / max(float((e - g).abs().mean()), 1e-6)
+               for a, e, g in zip(kern, eager, gold))
 
 
 def main() -> None:
@@ -88,18 +117,19 @@ def main() -> None:
 
     def timed(path, config):
         try:
-            return kernel_ms(modules[path], args.kernel, config, op, shape, backward, args.iters)
+            times = kernel_ms(modules[path], args.kernel, config, op, shape, backward, args.iters)
+            return (*times, error_ratio(modules[path], op, shape, backward))
         except Exception as err:  # e.g. out of shared memory: the other configs still run
             print(f"{path} {config}: {type(err).__name__}: {str(err)[:200]}", flush=True)
-            return float("nan"), float("nan"), float("nan")
+            return (float("nan"),) * 4
 
     rows = [(path, c, timed(path, c)) for path in args.variants for c in configs]
     again = timed(rows[0][0], rows[0][1])
     print(f"{args.kernel} B,H,N,D[,Hkv]={args.shape} ({torch.cuda.get_device_name()})")
-    print("| variant | config (m, n, warps, stages) | kernel ms | all kernels ms | call ms |\n"
-          "|---|---|---|---|---|")
-    for path, config, (ms, total, wall) in rows:
-        print(f"| {path} | {config} | {ms:.4f} | {total:.4f} | {wall:.4f} |")
+    print("| variant | config (m, n, warps, stages) | kernel ms | all kernels ms | call ms "
+          "| error / eager's |\n|---|---|---|---|---|---|")
+    for path, config, (ms, total, wall, err) in rows:
+        print(f"| {path} | {config} | {ms:.4f} | {total:.4f} | {wall:.4f} | {err:.2f} |")
     print(f"noise: first pair again {again[0]:.4f} ms ({rows[0][2][0]:.4f} first)")
 
 

@@ -175,6 +175,24 @@ def test_plans_skip_run_until_the_key_or_the_tuned_config_changes(on_gpu):
     assert log[8][0] == "launcher" and log[8][1][:3] == (4, 2, 1)
 
 
+def test_plans_of_a_single_config_end_when_it_is_swapped(on_gpu):
+    """A kernel with one config has no autotuning key: its plan holds while that config is the
+    kernel's, and a config put in its place (benchmarks/ab.py times configs so) launches itself,
+    not the plan of the one before."""
+    log = []
+    kernel = _Autotuned(log)
+    kernel.configs = kernel.configs[:1]
+    x = torch.zeros(64)
+    for _ in range(2):
+        runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": True})
+    assert _kinds(log) == ["run", "launcher"] and dict(log[0][2])["BLOCK"] == 16
+    kernel.configs = [triton.Config({"BLOCK": 32})]
+    for _ in range(2):
+        runtime.launch(kernel, _GRID, [x, 16, 64], {"FLAG": True})
+    assert _kinds(log)[2:] == ["run", "launcher"] and dict(log[2][2])["BLOCK"] == 32
+    assert log[3][1][:3] == (2, 2, 1)  # the grid of BLOCK 32
+
+
 def test_plans_only_for_the_tma_pre_hook_and_without_run_hooks(on_gpu):
     log = []
     kernel, x, _ = _tuned(log, pre_hook=runtime.tma_block_shapes)
