@@ -40,6 +40,13 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _rows(base, rows, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """A device-built TMA descriptor of [rows, HEAD_DIM] (contiguous) in boxes of BLOCK rows."""
+    return tl.make_tensor_descriptor(base, shape=[rows, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                     block_shape=[BLOCK, HEAD_DIM])
+
+
+@triton.jit
 def _query_tiles(dk, dv, k, v, q_desc, do_desc, lse_desc, delta_desc, Lse, Delta, head, lo, hi,
                  offs_n, seq, BLOCK_M: tl.constexpr, MASK: tl.constexpr, WS: tl.constexpr,
                  HOST: tl.constexpr, PTR_ROWS: tl.constexpr):
@@ -79,8 +86,8 @@ def dkdv_probe(Q, K, V, DO, Lse, Delta, DK, DV, HostQ, HostDO, HostK, HostV, seq
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     rows = head * seq + offs_n
-    k_desc = tl.make_tensor_descriptor(K, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
-    v_desc = tl.make_tensor_descriptor(V, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    k_desc = _rows(K, heads * seq, BLOCK_N, HEAD_DIM)
+    v_desc = _rows(V, heads * seq, BLOCK_N, HEAD_DIM)
     if HOST:
         k = tl.reshape(HostK.load([0, head, pid_n * BLOCK_N, 0]), (BLOCK_N, HEAD_DIM))
         v = tl.reshape(HostV.load([0, head, pid_n * BLOCK_N, 0]), (BLOCK_N, HEAD_DIM))
@@ -88,8 +95,8 @@ def dkdv_probe(Q, K, V, DO, Lse, Delta, DK, DV, HostQ, HostDO, HostK, HostV, seq
     else:
         k = k_desc.load([head * seq + pid_n * BLOCK_N, 0])
         v = v_desc.load([head * seq + pid_n * BLOCK_N, 0])
-        q_desc = tl.make_tensor_descriptor(Q, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
-        do_desc = tl.make_tensor_descriptor(DO, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        q_desc = _rows(Q, heads * seq, BLOCK_M, HEAD_DIM)
+        do_desc = _rows(DO, heads * seq, BLOCK_M, HEAD_DIM)
     lse_desc = tl.make_tensor_descriptor(Lse, shape=[heads, seq], strides=[seq, 1], block_shape=[1, BLOCK_M])
     delta_desc = tl.make_tensor_descriptor(Delta, shape=[heads, seq], strides=[seq, 1], block_shape=[1, BLOCK_M])
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -139,10 +146,10 @@ def fwd_probe(Q, K, V, Out, seq, heads, BLOCK_M: tl.constexpr, BLOCK_N: tl.const
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest first
     head = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    q_desc = tl.make_tensor_descriptor(Q, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
-    k_desc = tl.make_tensor_descriptor(K, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
-    v_desc = tl.make_tensor_descriptor(V, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
-    o_desc = tl.make_tensor_descriptor(Out, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
+    q_desc = _rows(Q, heads * seq, BLOCK_M, HEAD_DIM)
+    k_desc = _rows(K, heads * seq, BLOCK_N, HEAD_DIM)
+    v_desc = _rows(V, heads * seq, BLOCK_N, HEAD_DIM)
+    o_desc = _rows(Out, heads * seq, BLOCK_M, HEAD_DIM)
     q = q_desc.load([head * seq + pid_m * BLOCK_M, 0])
     m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -186,10 +193,10 @@ def dq_probe(Q, K, V, DO, Lse, Delta, DQ, seq, heads, BLOCK_M: tl.constexpr,
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest first
     head = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = tl.make_tensor_descriptor(Q, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
-    grads = tl.make_tensor_descriptor(DO, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
-    k_desc = tl.make_tensor_descriptor(K, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
-    v_desc = tl.make_tensor_descriptor(V, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    rows = _rows(Q, heads * seq, BLOCK_M, HEAD_DIM)
+    grads = _rows(DO, heads * seq, BLOCK_M, HEAD_DIM)
+    k_desc = _rows(K, heads * seq, BLOCK_N, HEAD_DIM)
+    v_desc = _rows(V, heads * seq, BLOCK_N, HEAD_DIM)
     # Lse and Delta by TMA (pointer loads before the loop assert): rows of [heads, seq]
     lse_desc = tl.make_tensor_descriptor(Lse, shape=[heads, seq], strides=[seq, 1], block_shape=[1, BLOCK_M])
     delta_desc = tl.make_tensor_descriptor(Delta, shape=[heads, seq], strides=[seq, 1], block_shape=[1, BLOCK_M])
@@ -210,7 +217,7 @@ def dq_probe(Q, K, V, DO, Lse, Delta, DQ, seq, heads, BLOCK_M: tl.constexpr,
                            BLOCK_N, False, False)
         dq = _key_tiles_dq(dq, q, do, lse, delta, k_desc, v_desc, head, lo, lo + BLOCK_M, offs_m,
                            seq, BLOCK_N, True, False)
-    out = tl.make_tensor_descriptor(DQ, shape=[heads * seq, HEAD_DIM], strides=[HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
+    out = _rows(DQ, heads * seq, BLOCK_M, HEAD_DIM)
     out.store([head * seq + pid_m * BLOCK_M, 0], dq.to(DQ.dtype.element_ty))
 
 
