@@ -24,7 +24,7 @@ from .runtime import (SHARED_MEMORY_LIMITS, TMA_BOXES, TORCH_DTYPES, fit_shared_
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
                  torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}
 _INPUT_POINTERS = {"Q", "K", "V", "Out", "DO", "DQ", "DK", "DV"}  # the inputs' dtype
-_FP32_POINTERS = {"Lse", "Delta", "DLse", "Part", "PartLse"}  # and param-gradient buffers G<i>
+_FP32_POINTERS = {"Lse", "Lse2", "Delta", "DLse", "Part", "PartLse"}  # and param-gradient buffers G<i>
 
 
 @dataclass(frozen=True)

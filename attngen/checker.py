@@ -45,7 +45,8 @@ OP_ARGUMENTS = {"k", "v", "scale", "return_lse", "deterministic", "self", "param
 MODULE_GLOBALS = {"torch", "triton", "tl", "libdevice", "runtime", "NAME", "SPEC", "SPEC_HASH",
                   "PARAMS", "DTYPES", "HEAD_DIMS", "INF", "LOG2E", "LN2", "BIG", "FWD_FLAGS",
                   "BWD_FLAGS", "DOCUMENTS", "GRAD_TERMS", "trace_tiles", "trace_decode_tiles",
-                  "tuning", "attngen", "os", "block_mask", "MASK_READS", "TILE_LOADS"}
+                  "tuning", "attngen", "os", "block_mask", "MASK_READS", "TILE_LOADS",
+                  "ROW_PAD"}
 # Python's builtins: the generated module and its kernels call some (dict, zip, range, float)
 PYTHON_BUILTINS = frozenset(name for name in dir(builtins) if not name.startswith("_"))
 RESERVED = set(POSITIONS) | set(CONSTANTS) | set(FUNCTIONS) | set(MASK_BUILTINS) | {"score"}

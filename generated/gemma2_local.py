@@ -55,6 +55,7 @@ FWD_FLAGS = dict(
 )
 BWD_FLAGS = dict(FWD_FLAGS, SCORE_GRAD_IS_ONE=False)
 BIG = tl.constexpr(2**30)  # an unbounded end of a position range (see the sparsity analysis)
+ROW_PAD = tl.constexpr(256)  # the backward's Lse2 and Delta rows per head: q_len rounded up to it
 # document-id tables the mask compares (`T[b, q] == T[b, kv]`): the kernels read their runs
 DOCUMENTS = ()
 # what the mask reads (batch / head indices and params): a block mask is built per batch row
@@ -638,6 +639,10 @@ def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device
 # ---- backward kernels ----------------------------------------------------------------------------
 # Notation as in the forward, plus dO (grad of Out), dLse (grad of Lse, may be absent), and
 #   Delta [B, Hq, M] = rowsum(dO * Out) - dLse        (the preprocess kernel)
+#   Lse2  [B, Hq, M] = Lse * log2(e)                  (the preprocess kernel; 0 where Lse = -inf)
+# Lse2 and Delta are the backward's own buffers, ROW_PAD-aligned rows per head (q_len rounded
+# up): rows past q_len hold Lse2 = +inf (P = 0) and Delta = 0, so the tile loops read them with
+# aligned, unmasked vector loads.
 #   P = exp(score' - Lse)                             (recomputed from the saved Lse: no N x N memory)
 #   dS' = P * (dO @ V^T - Delta)                      (gradient w.r.t. the modified score)
 #   dS = dS' * d(score')/d(score)                     (SCORE_GRAD below; 1 for an unmodified score)
@@ -654,8 +659,8 @@ def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device
 # dK/dV the transposed ones (query blocks per key block, SparseCols).
 # TMA (as in the forward): dK/dV reads the Q and dO tiles it streams through the descriptors
 # QDesc, DODesc (boxes [1, 1, BLOCK_M, BLOCK_D]), dQ its K and V tiles through KDesc, VDesc.
-# [Note] fully masked rows have Lse = -inf: the kernels use 0 instead, so every P of the row is
-# exp2(-inf) = 0 and the row contributes no gradient.
+# [Note] fully masked rows have Lse = -inf: Lse2 holds 0 instead, so every P of the row is
+# exp2(-inf) = 0 (its scores are masked) and the row contributes no gradient.
 
 
 @triton.jit
@@ -663,6 +668,8 @@ def _gemma2_local_bwd_preprocess(
     Out,
     DO,
     DLse,
+    Lse,
+    Lse2,
     Delta,
     stride_ob,
     stride_oh,
@@ -701,7 +708,10 @@ def _gemma2_local_bwd_preprocess(
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     if HAS_DLSE:
         delta -= tl.load(DLse + pid_bh * q_len + offs_m, mask=offs_m < q_len, other=0.0)
-    tl.store(Delta + pid_bh * q_len + offs_m, delta, mask=offs_m < q_len)
+    lse = tl.load(Lse + pid_bh * q_len + offs_m, mask=offs_m < q_len, other=INF)
+    rows_pad = tl.cdiv(q_len, ROW_PAD) * ROW_PAD  # the grid covers them all
+    tl.store(Lse2 + pid_bh * rows_pad + offs_m, tl.where(lse == -INF, 0.0, lse * LOG2E))
+    tl.store(Delta + pid_bh * rows_pad + offs_m, delta)
 
 
 @triton.jit
@@ -714,7 +724,7 @@ def _gemma2_local_bwd_dkdv_tiles(
     DO,
     q_desc,
     do_desc,
-    Lse,
+    Lse2,
     Delta,
     stride_qm,
     stride_dom,
@@ -780,9 +790,10 @@ def _gemma2_local_bwd_dkdv_tiles(
             do = tl.load(
                 DO + rows[:, None] * stride_dom + offs_d[None, :], mask=d_valid[None, :], other=0.0
             )
-        lse = tl.load(Lse + rows)
-        delta = tl.load(Delta + rows)
-        lse2 = tl.where(lse == -INF, 0.0, lse * LOG2E)
+        # padded rows (see Lse2 above): tiles start at multiples of BLOCK_M, so aligned vectors
+        aligned = tl.max_contiguous(tl.multiple_of(offs_m, BLOCK_M), BLOCK_M)
+        lse2 = tl.load(Lse2 + aligned)
+        delta = tl.load(Delta + aligned)
         if SCORE_IS_IDENTITY:  # log2(e) folded into the scale: one multiply per score
             s2 = tl.dot(k, tl.trans(q), input_precision=PRECISION) * (scale * LOG2E)
         else:
@@ -827,7 +838,7 @@ def gemma2_local_bwd_dkdv(
     DO,
     QDesc,
     DODesc,
-    Lse,
+    Lse2,
     Delta,
     DK,
     DV,
@@ -918,7 +929,7 @@ def gemma2_local_bwd_dkdv(
         off_h = off_hkv * group + g
         q_head = Q + off_b * stride_qb + off_h * stride_qh
         do_head = DO + off_b * stride_dob + off_h * stride_doh
-        row = (off_b * heads_q + off_h) * q_len
+        row = (off_b * heads_q + off_h) * (tl.cdiv(q_len, ROW_PAD) * ROW_PAD)  # of Lse2, Delta
         trace_stride = tl.cdiv(kv_len, BLOCK_N)
         trace = Trace + (off_b * heads_q + off_h) * tl.cdiv(q_len, BLOCK_M) * trace_stride + pid_n
         if BLOCK_SPARSE:  # the block mask's transposed lists for this key block
@@ -967,7 +978,7 @@ def gemma2_local_bwd_dkdv(
                 do_head,
                 QDesc,
                 DODesc,
-                Lse + row,
+                Lse2 + row,
                 Delta + row,
                 stride_qm,
                 stride_dom,
@@ -1154,7 +1165,7 @@ def gemma2_local_bwd_dq(
     DO,
     KDesc,
     VDesc,
-    Lse,
+    Lse2,
     Delta,
     DQ,
     Trace,
@@ -1228,9 +1239,9 @@ def gemma2_local_bwd_dq(
         mask=io_mask,
         other=0.0,
     )
-    lse = tl.load(Lse + pid_bh * q_len + offs_m, mask=m_valid, other=0.0)
-    lse2 = tl.where(lse == -INF, 0.0, lse * LOG2E)
-    delta = tl.load(Delta + pid_bh * q_len + offs_m, mask=m_valid, other=0.0)
+    rows_pad = tl.cdiv(q_len, ROW_PAD) * ROW_PAD  # (see Lse2 above)
+    lse2 = tl.load(Lse2 + pid_bh * rows_pad + offs_m, mask=m_valid, other=0.0)
+    delta = tl.load(Delta + pid_bh * rows_pad + offs_m, mask=m_valid, other=0.0)
     k_base = K + off_b * stride_kb + off_hkv * stride_kh + offs_d[:, None]
     v_base = V + off_b * stride_vb + off_hkv * stride_vh + offs_d[:, None]
 
@@ -1677,8 +1688,12 @@ def _launch_bwd(
         rows = 1 if varying else shapes.batch * shapes.heads_q * grad_rows
         buffers.append(torch.zeros((rows, numel), dtype=torch.float32, device=q.device))
     if out.numel() and shapes.kv_len:
-        delta = torch.empty_like(lse)
-        preprocess_grid = (runtime.cdiv(shapes.q_len, 64), shapes.batch * shapes.heads_q)
+        # Lse in log2 units and Delta, ROW_PAD-aligned rows per head (see the backward's notes)
+        rows_pad = runtime.cdiv(shapes.q_len, ROW_PAD.value) * ROW_PAD.value
+        lse2, delta = torch.empty(
+            (2, shapes.batch * shapes.heads_q * rows_pad), dtype=torch.float32, device=q.device
+        )
+        preprocess_grid = (rows_pad // 64, shapes.batch * shapes.heads_q)
         runtime.launch(
             _gemma2_local_bwd_preprocess,
             preprocess_grid,
@@ -1686,6 +1701,8 @@ def _launch_bwd(
                 out,
                 grad_out,
                 grad_lse if grad_lse is not None else delta,
+                lse,
+                lse2,
                 delta,
                 *out.stride()[:3],
                 *grad_out.stride()[:3],
@@ -1730,7 +1747,7 @@ def _launch_bwd(
             v,
             grad_out,
             *(rows or (None, None)),
-            lse,
+            lse2,
             delta,
             dk,
             dv,
@@ -1764,7 +1781,7 @@ def _launch_bwd(
             v,
             grad_out,
             *(keys or (None, None)),
-            lse,
+            lse2,
             delta,
             dq,
             trace["dq"] if trace else dq,
