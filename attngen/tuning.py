@@ -268,11 +268,70 @@ def kernels_of(module: Any) -> list[Any]:
     return [getattr(module, n) for n in names if hasattr(module, n)]
 
 
+def _config_id(config: Any) -> tuple:
+    """What makes a config itself (pruners may hand the autotuner copies of the objects)."""
+    return (tuple(sorted(config.kwargs.items())), config.num_warps, config.num_stages,
+            config.num_ctas, config.maxnreg)
+
+
+def _median_ms(timing: Any) -> float:
+    """A timing as the autotuner keeps it (``[median, p20, p80]`` from do_bench) -> the median."""
+    return float(timing[0] if isinstance(timing, (list, tuple)) else timing)
+
+
+def _timed_pass(kernels: list[Any], run: Callable[[], None], reverse: bool) -> dict[int, tuple]:
+    """One autotuning pass: every kernel's choices forgotten (and, if ``reverse``, its configs
+    timed in reverse order), then ``run()`` makes the calls. Returns, per kernel (by id) that
+    timed one key in the pass, ``(key, {config id: (config, median ms)})``."""
+    saved = [kernel.configs for kernel in kernels]
+    for kernel in kernels:
+        kernel.cache.clear()
+        kernel.configs_timings = None
+        if reverse:
+            kernel.configs = list(reversed(kernel.configs))
+    try:
+        run()
+    finally:
+        for kernel, configs in zip(kernels, saved):
+            kernel.configs = configs
+    timed = {}
+    for kernel in kernels:
+        timings = getattr(kernel, "configs_timings", None) or {}
+        if len(kernel.cache) == 1 and timings:  # one key (two: only the last one's timings)
+            (key,) = kernel.cache
+            timed[id(kernel)] = key, {_config_id(c): (c, _median_ms(t)) for c, t in timings.items()}
+    return timed
+
+
+def _settle(kernels: list[Any], passes: list[dict[int, tuple]]) -> None:
+    """Each kernel's choice from passes that timed its configs in opposite orders: the config
+    with the least mean median over the passes that timed it for the same key (a clock that
+    drifts during a pass favours the configs timed early; the reversed pass cancels that). The
+    choice and its mean go into the autotuner's cache and timings, where ``entries_of`` reads
+    them; a kernel the passes did not time alike keeps the last pass's choice."""
+    for kernel in kernels:
+        runs = [p[id(kernel)] for p in passes if id(kernel) in p]
+        if len(runs) < 2 or len({key for key, _ in runs}) != 1:
+            continue
+        common = set.intersection(*(set(timings) for _, timings in runs))
+        if not common:
+            continue
+        mean = {c: sum(timings[c][1] for _, timings in runs) / len(runs) for c in common}
+        best = min(mean, key=mean.get)
+        key, timings = runs[-1]
+        config = timings[best][0]
+        kernel.cache.clear()
+        kernel.cache[key] = config
+        kernel.configs_timings = {config: [mean[best]]}
+
+
 def tune(op: Any, shapes: list[tuple[int, int, int, int, int]], *, dtype, kernels: Iterable[str],
          step: Callable[[str], None] = lambda _: None) -> list[dict]:
     """Autotune ``op`` (an ``AttentionOp``) on the current GPU at each (B, Hq, Hkv, N, D):
     forward (q_len = kv_len = N), backward, and decode (one query against N keys), as
-    ``kernels`` asks. Fresh timings: the table is not consulted. Returns the chosen entries."""
+    ``kernels`` asks. Fresh timings: the table is not consulted. Each shape is timed twice, the
+    configs in opposite orders, and each kernel takes the config with the least mean time
+    (``_settle``). Returns the chosen entries."""
     import torch
 
     from .testing import random_params
@@ -284,7 +343,6 @@ def tune(op: Any, shapes: list[tuple[int, int, int, int, int]], *, dtype, kernel
     tuned = kernels_of(module)
     device = torch.device("cuda", torch.cuda.current_device())
     for kernel in tuned:
-        kernel.cache.clear()
         _SEEDED.add((id(kernel), device.index))  # tune afresh: no seeding from existing tables
     kernels = set(kernels)
     generator = torch.Generator().manual_seed(0)
@@ -293,18 +351,22 @@ def tune(op: Any, shapes: list[tuple[int, int, int, int, int]], *, dtype, kernel
         params = random_params(op.spec, B, Hq, Hkv, N, N, device, generator)
         q, k, v = (torch.randn(B, h, N, D, device=device, dtype=dtype)
                    for h in (Hq, Hkv, Hkv))
-        if "fwd" in kernels or "bwd" in kernels:
-            step(f"{op.name} fwd{' + bwd' if 'bwd' in kernels else ''} B={B} Hq={Hq} Hkv={Hkv} "
-                 f"N={N} D={D}")
-            with torch.enable_grad():
-                leaves = [x.requires_grad_("bwd" in kernels) for x in (q, k, v)]
-                out = op(*leaves, **params)
-                if "bwd" in kernels:
-                    out.backward(torch.randn_like(out))
-        if "decode" in kernels and "decode" in op.spec.kernels:
-            step(f"{op.name} decode B={B} Hq={Hq} Hkv={Hkv} L={N} D={D}")
-            op.decode(q[:, :, -1:].detach(), k.detach(), v.detach(), **params)
-        torch.cuda.synchronize()
+
+        def calls() -> None:
+            if "fwd" in kernels or "bwd" in kernels:
+                step(f"{op.name} fwd{' + bwd' if 'bwd' in kernels else ''} B={B} Hq={Hq} "
+                     f"Hkv={Hkv} N={N} D={D}")
+                with torch.enable_grad():
+                    leaves = [x.detach().requires_grad_("bwd" in kernels) for x in (q, k, v)]
+                    out = op(*leaves, **params)
+                    if "bwd" in kernels:
+                        out.backward(torch.randn_like(out))
+            if "decode" in kernels and "decode" in op.spec.kernels:
+                step(f"{op.name} decode B={B} Hq={Hq} Hkv={Hkv} L={N} D={D}")
+                op.decode(q[:, :, -1:], k, v, **params)
+            torch.cuda.synchronize()
+
+        _settle(tuned, [_timed_pass(tuned, calls, reverse) for reverse in (False, True)])
         for kernel in tuned:  # the autotuner keeps timings of its latest key only: collect now
             for e in entries_of(kernel, module.SPEC_HASH):
                 chosen.setdefault(_entry_id(e), e)

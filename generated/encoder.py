@@ -288,20 +288,27 @@ def _encoder_fwd_tiles(
             else:
                 k = tl.load(k_base + k_rows[None, :], mask=d_valid[:, None], other=0.0)
                 v = tl.load(v_base + v_rows[:, None], mask=d_valid[None, :], other=0.0)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-        if not SCORE_IS_IDENTITY:
-            s = s
-            s = s * LOG2E
-        if PARTIAL:
-            keep = n_valid[None, :]
-            if HAS_MASK:
-                keep = keep & (True)
-            s = tl.where(keep, s, -INF)
-
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_shift = tl.where(m_new == -INF, 0.0, m_new)
-        p = tl.exp2(s - m_shift[:, None])
-        alpha = tl.exp2(m_i - m_shift)
+        s = tl.dot(q, k, input_precision=PRECISION)
+        if SCORE_IS_IDENTITY and not PARTIAL:
+            # FULL tiles of the plain score: the scale moves into the exponent's FMA (qk_scale >= 0
+            # (runtime.check_scale) commutes with the row max; every score is finite, so is m_new)
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            p = tl.exp2(s * qk_scale - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+        else:
+            s = s * qk_scale
+            if not SCORE_IS_IDENTITY:
+                s = s
+                s = s * LOG2E
+            if PARTIAL:
+                keep = n_valid[None, :]
+                if HAS_MASK:
+                    keep = keep & (True)
+                s = tl.where(keep, s, -INF)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_shift = tl.where(m_new == -INF, 0.0, m_new)
+            p = tl.exp2(s - m_shift[:, None])
+            alpha = tl.exp2(m_i - m_shift)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
@@ -478,7 +485,7 @@ def encoder_fwd(
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    out = acc * (1.0 / l_safe)[:, None]  # one division per row, not per element
     lse = tl.where(empty, -INF, (m_i + tl.log2(l_safe)) * LN2)
     o_ptrs = (
         Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]

@@ -464,3 +464,54 @@ def test_launchers_make_the_tensors_device_current(monkeypatch):
     wrapped = runtime.on_first_tensors_device(lambda q, x, y=0: (q.device, x, y))
     q = torch.zeros(1)
     assert wrapped(q, 2, y=3) == (q.device, 2, 3) and seen == [q.device]
+
+
+class _Autotuner:
+    """The parts of triton's Autotuner that `tuning.tune`'s passes touch."""
+
+    def __init__(self, configs):
+        self.configs, self.cache, self.configs_timings = configs, {}, None
+
+
+def _drifting_autotune(kernel, true_ms, orders, keys=(("k",),)):
+    """A run() that autotunes `kernel` like triton does, on a clock that slows 5% per config
+    timed (a GPU warming up), with fresh Config objects as a pruner may hand over."""
+    def run():
+        orders.append([c.kwargs["BLOCK_M"] for c in kernel.configs])
+        for key in keys:
+            timings = {triton.Config(dict(c.kwargs), num_warps=c.num_warps,
+                                     num_stages=c.num_stages):
+                       [true_ms[c.kwargs["BLOCK_M"]] * (1 + 0.05 * i), 0.0, 0.0]
+                       for i, c in enumerate(kernel.configs)}
+            kernel.cache[key] = min(timings, key=timings.get)
+            kernel.configs_timings = timings
+    return run
+
+
+def test_tune_times_configs_in_both_orders_and_takes_the_least_mean():
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": 64}, num_warps=4, num_stages=2)
+               for m in (32, 64, 128)]
+    kernel = _Autotuner(list(configs))
+    orders = []
+    run = _drifting_autotune(kernel, {32: 1.00, 64: 0.97, 128: 1.20}, orders)
+    first = tuning._timed_pass([kernel], run, reverse=False)
+    assert kernel.cache[("k",)].kwargs["BLOCK_M"] == 32  # one pass: the drift picks the first
+    second = tuning._timed_pass([kernel], run, reverse=True)
+    tuning._settle([kernel], [first, second])
+    assert orders == [[32, 64, 128], [128, 64, 32]]
+    assert kernel.configs == configs  # the order restored
+    (chosen,) = kernel.cache.values()
+    assert list(kernel.cache) == [("k",)] and chosen.kwargs["BLOCK_M"] == 64
+    (ms,) = kernel.configs_timings.values()
+    assert ms == [pytest.approx(0.97 * 1.05)]
+
+
+def test_tune_keeps_the_autotuners_choice_when_a_pass_timed_two_keys():
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": 64}, num_warps=4, num_stages=2)
+               for m in (32, 64)]
+    kernel = _Autotuner(list(configs))
+    run = _drifting_autotune(kernel, {32: 1.00, 64: 0.97}, [], keys=(("a",), ("b",)))
+    passes = [tuning._timed_pass([kernel], run, reverse) for reverse in (False, True)]
+    assert passes == [{}, {}]
+    tuning._settle([kernel], passes)
+    assert {key: c.kwargs["BLOCK_M"] for key, c in kernel.cache.items()} == {("a",): 64, ("b",): 64}
