@@ -103,6 +103,7 @@ def _signature(module, fn, dtype: torch.dtype, head_dim: int,
 
 
 BLOCK_SPARSE = "_block_sparse"  # a kernel name's suffix: its variant that reads a block mask
+FROZEN = "_frozen"  # a dQ kernel name's suffix: its variant without param-gradient terms
 GROUPS = ("fwd", "bwd", "decode", "block_mask")
 
 
@@ -119,7 +120,8 @@ def kernels_of(module, which: tuple[str, ...] = GROUPS) -> list[str]:
     """Names of the generated kernels of a module, in pipeline order (``which``: fwd, bwd,
     decode, block_mask; a group the spec does not build is skipped). The block_mask group is
     the block-classes kernel and the variants of the forward and backward kernels that read a
-    block mask's lists (named with the suffix _block_sparse)."""
+    block mask's lists (named with the suffix _block_sparse). Specs with param gradients have a
+    second dQ kernel, ``_frozen``, for calls whose params need none."""
     names = []
     has_bwd = hasattr(module, f"{module.NAME}_bwd_dq")
     if "fwd" in which:
@@ -128,6 +130,8 @@ def kernels_of(module, which: tuple[str, ...] = GROUPS) -> list[str]:
     if "bwd" in which and has_bwd:
         names += [f"_{module.NAME}_bwd_preprocess", f"{module.NAME}_bwd_dkdv",
                   f"{module.NAME}_bwd_dq"]
+        names += [f"{module.NAME}_bwd_dq{FROZEN}"] if hasattr(module, f"{module.NAME}_bwd_dq{FROZEN}") \
+            else []
     if "decode" in which and hasattr(module, f"{module.NAME}_decode_kernel"):
         names += [f"{module.NAME}_decode_kernel", f"_{module.NAME}_decode_combine"]
     if "block_mask" in which:
@@ -151,7 +155,7 @@ def compile_kernel(module, kernel: str, dtype: torch.dtype, head_dim: int, arch:
         # the config the runtime would launch: of the configs for this head dim, the first from
         # config_index on whose tiles fit
         decode_m = 16 if kernel.endswith("_decode_kernel") else None
-        role = "dkdv" if kernel.endswith("_bwd_dkdv") else "dq" if kernel.endswith("_bwd_dq") \
+        role = "dkdv" if kernel.endswith("_bwd_dkdv") else "dq" if "_bwd_dq" in kernel \
             else "fwd"
         configs = for_head_dim(obj.configs, block_d)[config_index:]
         config = fit_shared_memory(configs, block_d, dtype.itemsize,

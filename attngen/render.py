@@ -99,6 +99,8 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "score_grad_is_one": low.score_grad is None,
         "score_grad_text": low.score_grad_text,
         "grad_terms": low.grad_terms,
+        # dQ kernels: (name suffix, param-gradient terms); `_frozen` for calls that need none
+        "dq_variants": [("", low.grad_terms)] + ([("_frozen", [])] if low.grad_terms else []),
         "has_bwd": "bwd" in attention.kernels,
         "has_decode": "decode" in attention.kernels,
         "mask_uses_head": any(isinstance(n, ir.Name) and n.id == "h" for n in ir.walk(attention.mask)),

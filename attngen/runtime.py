@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import inspect
 import itertools
 import math
 import numbers
@@ -1139,6 +1141,14 @@ def free_op_name(namespace: str, base: str) -> str:
         n += 1
         name = f"{base}_{n}"
     return f"{namespace}::{name}"
+
+
+def schema_tag(*functions) -> str:
+    """A short hash of the signatures of a module's torch.library op functions, for the ops'
+    names: torch.compile's on-disk caches call ops by name, so a graph compiled against an
+    earlier schema of the same spec's ops (before an upgrade) must not find these."""
+    text = "\n".join(f"{fn.__name__}{inspect.signature(fn)}" for fn in functions)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _default_to_interpreter() -> None:

@@ -264,7 +264,8 @@ def write_entries(directory: Path, gpu_name: str, entries: list[dict]) -> Path:
 def kernels_of(module: Any) -> list[Any]:
     """The autotuned kernels of a generated module (forward, backward, decode)."""
     name = module.NAME
-    names = (f"{name}_fwd", f"{name}_bwd_dkdv", f"{name}_bwd_dq", f"{name}_decode_kernel")
+    names = (f"{name}_fwd", f"{name}_bwd_dkdv", f"{name}_bwd_dq", f"{name}_bwd_dq_frozen",
+             f"{name}_decode_kernel")
     return [getattr(module, n) for n in names if hasattr(module, n)]
 
 
@@ -329,9 +330,11 @@ def tune(op: Any, shapes: list[tuple[int, int, int, int, int]], *, dtype, kernel
          step: Callable[[str], None] = lambda _: None) -> list[dict]:
     """Autotune ``op`` (an ``AttentionOp``) on the current GPU at each (B, Hq, Hkv, N, D):
     forward (q_len = kv_len = N), backward, and decode (one query against N keys), as
-    ``kernels`` asks. Fresh timings: the table is not consulted. Each shape is timed twice, the
-    configs in opposite orders, and each kernel takes the config with the least mean time
-    (``_settle``). Returns the chosen entries."""
+    ``kernels`` asks. The backward runs with the params marked ``grad`` requiring a gradient and
+    (where the spec has a dQ kernel without their terms, for frozen params) without. Fresh
+    timings: the table is not consulted. Each shape is timed twice, the configs in opposite
+    orders, and each kernel takes the config with the least mean time (``_settle``). Returns the
+    chosen entries."""
     import torch
 
     from .testing import random_params
@@ -349,6 +352,8 @@ def tune(op: Any, shapes: list[tuple[int, int, int, int, int]], *, dtype, kernel
     chosen: dict[tuple, dict] = {}
     for B, Hq, Hkv, N, D in shapes:
         params = random_params(op.spec, B, Hq, Hkv, N, N, device, generator)
+        grad_params = {p.name for p in op.spec.params if p.grad}
+        frozen = hasattr(module, f"{module.NAME}_bwd_dq_frozen")
         q, k, v = (torch.randn(B, h, N, D, device=device, dtype=dtype)
                    for h in (Hq, Hkv, Hkv))
 
@@ -356,11 +361,15 @@ def tune(op: Any, shapes: list[tuple[int, int, int, int, int]], *, dtype, kernel
             if "fwd" in kernels or "bwd" in kernels:
                 step(f"{op.name} fwd{' + bwd' if 'bwd' in kernels else ''} B={B} Hq={Hq} "
                      f"Hkv={Hkv} N={N} D={D}")
-                with torch.enable_grad():
-                    leaves = [x.detach().requires_grad_("bwd" in kernels) for x in (q, k, v)]
-                    out = op(*leaves, **params)
-                    if "bwd" in kernels:
-                        out.backward(torch.randn_like(out))
+                for learnt in (True, False) if "bwd" in kernels and frozen else (True,):
+                    with torch.enable_grad():
+                        leaves = [x.detach().requires_grad_("bwd" in kernels) for x in (q, k, v)]
+                        these = {n: t.detach().requires_grad_(learnt and n in grad_params
+                                                               and "bwd" in kernels)
+                                 for n, t in params.items()}
+                        out = op(*leaves, **these)
+                        if "bwd" in kernels:
+                            out.backward(torch.randn_like(out))
             if "decode" in kernels and "decode" in op.spec.kernels:
                 step(f"{op.name} decode B={B} Hq={Hq} Hkv={Hkv} L={N} D={D}")
                 op.decode(q[:, :, -1:], k, v, **params)

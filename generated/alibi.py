@@ -1349,6 +1349,311 @@ def alibi_bwd_dq(
     tl.store(G0 + (pid_bh * grad_rows + pid_m) * G0_numel + (off_h), g0)
 
 
+@triton.jit
+def _alibi_bwd_dq_frozen_tiles(
+    dq,
+    q,
+    do,
+    lse2,
+    delta,
+    k_base,
+    v_base,
+    k_desc,
+    v_desc,
+    stride_kn,
+    stride_vn,
+    q_pos,
+    m_valid,
+    off_b,
+    off_h,
+    off_hkv,
+    p_slopes,
+    p_slopes_stride0,
+    batch,
+    heads_q,
+    heads_kv,
+    q_len,
+    kv_len,
+    scale,
+    end,
+    offs_n,
+    d_valid,
+    trace,
+    blocks,
+    end_a,
+    end_b,
+    at_a,
+    at_b,
+    at_c,
+    PRECISION: tl.constexpr,
+    SCORE_IS_IDENTITY: tl.constexpr,
+    SCORE_GRAD_IS_ONE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    PARTIAL: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    TRACE: tl.constexpr,
+    LISTED: tl.constexpr,
+    TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPARSE_N: tl.constexpr,
+):
+    """dQ (and param-gradient) contributions of key tiles: the loop counts positions [0, end) of
+    the runs _tile_start maps to tiles (as in the forward's tile loop). TMA: K and V come
+    through the descriptors k_desc, v_desc."""
+    for t in range(0, end, BLOCK_N):
+        start_n = _tile_start(t, blocks, end_a, end_b, at_a, at_b, at_c, LISTED, SPARSE_N)
+        kv_pos = start_n + offs_n
+        if TRACE:
+            tl.store(trace + start_n // BLOCK_N, 2 - PARTIAL, mask=start_n < kv_len)
+        if PARTIAL:
+            n_valid = kv_pos < kv_len
+        if TMA:  # boxes of [1, 1, BLOCK_N, BLOCK_D], zero past kv_len and HEAD_DIM; held [D, N]
+            k = tl.trans(
+                tl.reshape(k_desc.load([off_b, off_hkv, start_n, 0]), (BLOCK_N, q.shape[1]))
+            )
+            v = tl.trans(
+                tl.reshape(v_desc.load([off_b, off_hkv, start_n, 0]), (BLOCK_N, q.shape[1]))
+            )
+        elif PARTIAL:
+            k = tl.load(
+                k_base + kv_pos[None, :] * stride_kn,
+                mask=n_valid[None, :] & d_valid[:, None],
+                other=0.0,
+            )
+            v = tl.load(
+                v_base + kv_pos[None, :] * stride_vn,
+                mask=n_valid[None, :] & d_valid[:, None],
+                other=0.0,
+            )
+        elif EVEN_D:
+            k = tl.load(k_base + kv_pos[None, :] * stride_kn)
+            v = tl.load(v_base + kv_pos[None, :] * stride_vn)
+        else:
+            k = tl.load(k_base + kv_pos[None, :] * stride_kn, mask=d_valid[:, None], other=0.0)
+            v = tl.load(v_base + kv_pos[None, :] * stride_vn, mask=d_valid[:, None], other=0.0)
+        if SCORE_IS_IDENTITY:  # log2(e) folded into the scale: one multiply per score
+            s2 = tl.dot(q, k, input_precision=PRECISION) * (scale * LOG2E)
+        else:
+            s = tl.dot(q, k, input_precision=PRECISION) * scale
+            s2 = (
+                s
+                + (
+                    tl.load(p_slopes + off_h * p_slopes_stride0)
+                    * (kv_pos[None, :] - q_pos[:, None]).to(tl.float32)
+                )
+            ) * LOG2E
+        if PARTIAL:
+            keep = m_valid[:, None] & n_valid[None, :]
+            if HAS_MASK:
+                keep = keep & (kv_pos[None, :] <= q_pos[:, None])
+            s2 = tl.where(keep, s2, -INF)
+        p = tl.exp2(s2 - lse2[:, None])
+        dp = tl.dot(do, v, input_precision=PRECISION)
+        ds_mod = p * (dp - delta[:, None])  # gradient w.r.t. the modified score
+        if SCORE_GRAD_IS_ONE:
+            ds = ds_mod
+        else:
+            ds = ds_mod * (1.0)
+            if PARTIAL:
+                ds = tl.where(keep, ds, 0.0)
+        dq += tl.dot(ds.to(k.dtype), tl.trans(k), input_precision=PRECISION)
+    return dq
+
+
+@triton.autotune(
+    configs=_DQ_CONFIGS,
+    key=["q_bucket", "kv_bucket", "HEAD_DIM"],
+    prune_configs_by={"early_config_prune": runtime.shared_memory_pruner(TILE_LOADS, "dq")},
+    reset_to_zero=[],
+)
+@triton.jit(do_not_specialize=["batch", "q_len", "kv_len", "q_bucket", "kv_bucket", "grad_rows"])
+def alibi_bwd_dq_frozen(
+    Q,
+    K,
+    V,
+    DO,
+    KDesc,
+    VDesc,
+    Lse2,
+    Delta,
+    DQ,
+    Trace,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dqb,
+    stride_dqh,
+    stride_dqm,
+    p_slopes,
+    p_slopes_stride0,
+    SparseRows,
+    stride_sb,
+    stride_sh,
+    stride_sm,
+    stride_sc,
+    grad_rows,
+    batch,
+    heads_q,
+    heads_kv,
+    q_len,
+    kv_len,
+    scale,
+    q_bucket,
+    kv_bucket,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    SCORE_IS_IDENTITY: tl.constexpr,
+    SCORE_GRAD_IS_ONE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    TRACE: tl.constexpr,
+    BLOCK_SPARSE: tl.constexpr,
+    SPARSE_M: tl.constexpr,
+    SPARSE_N: tl.constexpr,
+    TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest first, as in the forward
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // heads_q
+    off_h = pid_bh % heads_q
+    off_hkv = off_h // (heads_q // heads_kv)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_valid = offs_m < q_len
+    d_valid = offs_d < HEAD_DIM
+    q_pos = offs_m + (kv_len - q_len)
+    io_mask = m_valid[:, None] & d_valid[None, :]
+    q = tl.load(
+        Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+        mask=io_mask,
+        other=0.0,
+    )
+    do = tl.load(
+        DO
+        + off_b * stride_dob
+        + off_h * stride_doh
+        + offs_m[:, None] * stride_dom
+        + offs_d[None, :],
+        mask=io_mask,
+        other=0.0,
+    )
+    rows_pad = tl.cdiv(q_len, ROW_PAD) * ROW_PAD  # (see Lse2 above)
+    lse2 = tl.load(Lse2 + pid_bh * rows_pad + offs_m, mask=m_valid, other=0.0)
+    delta = tl.load(Delta + pid_bh * rows_pad + offs_m, mask=m_valid, other=0.0)
+    k_base = K + off_b * stride_kb + off_hkv * stride_kh + offs_d[:, None]
+    v_base = V + off_b * stride_vb + off_hkv * stride_vh + offs_d[:, None]
+
+    trace = Trace + (pid_bh * tl.cdiv(q_len, BLOCK_M) + pid_m) * tl.cdiv(kv_len, BLOCK_N)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if BLOCK_SPARSE:  # the forward's block-mask lists
+        lists = (
+            SparseRows
+            + off_b * stride_sb
+            + off_h * stride_sh
+            + (pid_m * BLOCK_M // SPARSE_M) * stride_sm
+        )
+        end_a, end_b, at_a, at_b, at_c = 0, 0, 0, 0, 0  # unused
+    else:
+        # the forward's key ranges: PARTIAL [lo, full_lo), FULL [full_lo, full_hi), PARTIAL [full_hi, hi)
+        first_q = pid_m * BLOCK_M + (kv_len - q_len)
+        last_q = tl.minimum(first_q + BLOCK_M - 1, kv_len - 1)
+        lo = -BIG
+        full_lo = -BIG
+        full_hi = BIG
+        hi = BIG
+        gap_lo = BIG
+        gap_hi = -BIG
+        # kv <= q
+        full_hi = tl.minimum(full_hi, first_q + 1)
+        hi = tl.minimum(hi, last_q + 1)
+        partial, end_a, end_b, at_a, at_b, at_c, full_lo, full_hi = _tile_runs(
+            lo, full_lo, full_hi, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N
+        )
+        blocks = Q  # unused
+    for i in tl.static_range(2):  # the forward's two loops: PARTIAL, FULL
+        if BLOCK_SPARSE:  # the block mask's PARTIAL list (i = 0), then its FULL list
+            blocks = lists + i * stride_sc + 1
+            end = tl.load(lists + i * stride_sc) * SPARSE_N
+        elif i == 0:  # the PARTIAL runs laid end to end
+            end = partial
+        else:  # the FULL tiles: one run
+            end = full_hi - full_lo
+            end_a, end_b, at_a = BIG, BIG, full_lo
+        dq = _alibi_bwd_dq_frozen_tiles(
+            dq,
+            q,
+            do,
+            lse2,
+            delta,
+            k_base,
+            v_base,
+            KDesc,
+            VDesc,
+            stride_kn,
+            stride_vn,
+            q_pos,
+            m_valid,
+            off_b,
+            off_h,
+            off_hkv,
+            p_slopes,
+            p_slopes_stride0,
+            batch,
+            heads_q,
+            heads_kv,
+            q_len,
+            kv_len,
+            scale,
+            end,
+            offs_n,
+            d_valid,
+            trace,
+            blocks,
+            end_a,
+            end_b,
+            at_a,
+            at_b,
+            at_c,
+            PRECISION,
+            SCORE_IS_IDENTITY,
+            SCORE_GRAD_IS_ONE,
+            HAS_MASK,
+            i == 0,
+            HEAD_DIM == BLOCK_D,
+            TRACE,
+            BLOCK_SPARSE,
+            TMA,
+            BLOCK_M,
+            BLOCK_N,
+            SPARSE_N,
+        )
+
+    dq = dq * scale
+    tl.store(
+        DQ
+        + off_b * stride_dqb
+        + off_h * stride_dqh
+        + offs_m[:, None] * stride_dqm
+        + offs_d[None, :],
+        dq.to(DQ.dtype.element_ty),
+        mask=io_mask,
+    )
+
+
 # ---- decode kernels ------------------------------------------------------------------------------
 # Notation (split-KV flash-decoding; one program per (key split, batch * kv head * row block)):
 #   Q [B, Hq, M, D] with small M = q_len (one token, or a few for speculative decoding)
@@ -1678,15 +1983,29 @@ def _launch_fwd(q, k, v, scale, params, shapes, sparse=(), block=(), trace=None)
 
 @runtime.on_first_tensors_device  # Triton launches on the current device
 def _launch_bwd(
-    q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes, sparse=(), block=(), trace=None
+    q,
+    k,
+    v,
+    out,
+    lse,
+    grad_out,
+    grad_lse,
+    scale,
+    params,
+    shapes,
+    sparse=(),
+    block=(),
+    trace=None,
+    param_grads=True,
 ):
-    """dq, dk, dv and {param: grad} for the params marked `grad`; sparse: a block mask's lists
-    (key blocks per query block, query blocks per key block) of block sizes `block`."""
+    """dq, dk, dv and {param: grad} for the params marked `grad` ({} unless param_grads: then
+    the dQ kernel without their terms runs, where the spec has any); sparse: a block mask's
+    lists (key blocks per query block, query blocks per key block) of block sizes `block`."""
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     grad_rows = runtime.cdiv(shapes.q_len, 16)  # partial-sum rows per (batch, head): BLOCK_M >= 16
     buffers = []
-    for name, varying in GRAD_TERMS:
+    for name, varying in GRAD_TERMS if param_grads else ():
         numel = params[name].numel()
         rows = 1 if varying else shapes.batch * shapes.heads_q * grad_rows
         buffers.append(torch.zeros((rows, numel), dtype=torch.float32, device=q.device))
@@ -1801,7 +2120,8 @@ def _launch_bwd(
             grad_rows,
             *lengths,
         ]
-        _launch(alibi_bwd_dq, dq_grid, dq_args, dict(common, TMA=keys is not None), trace)
+        dq_kernel = alibi_bwd_dq if param_grads else alibi_bwd_dq_frozen
+        _launch(dq_kernel, dq_grid, dq_args, dict(common, TMA=keys is not None), trace)
     else:
         dq.zero_(), dk.zero_(), dv.zero_()
     param_grads = {}
@@ -2025,9 +2345,9 @@ def trace_decode_tiles(
 
 
 # ---- torch.library ops: opaque to torch.compile (no graph break, fake shapes, any length) -------
-# Named after the spec and its hash; another file of the same spec imported into this process
-# (another cache directory) registers its own ops under the next free suffix.
-_OP = runtime.free_op_name("attngen", f"{NAME}_{SPEC_HASH[:16]}")
+# Named after the spec, its hash and the ops' signatures (_OP, below); another file of the same
+# spec imported into this process (another cache directory) registers its own ops under the
+# next free suffix.
 _PARAM_NAMES = tuple(p.name for p in PARAMS)
 _GRAD_PARAMS = tuple(dict.fromkeys(name for name, _ in GRAD_TERMS))  # params with a gradient
 
@@ -2058,6 +2378,7 @@ def _attention_fwd_fake(q, k, v, scale, params, sparse, block_rows, block_keys):
     return torch.empty(q.shape, dtype=q.dtype, device=q.device), lse
 
 
+# param_grads: whether a param marked `grad` requires one (else their list comes back empty)
 def _attention_bwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -2071,21 +2392,48 @@ def _attention_bwd(
     sparse: list[torch.Tensor],
     block_rows: int,
     block_keys: int,
+    param_grads: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     named = dict(zip(_PARAM_NAMES, params))
     block = (block_rows, block_keys) if sparse else ()
     dq, dk, dv, grads = _launch_bwd(
-        q, k, v, out, lse, grad_out, grad_lse, scale, named, _shapes_of(q, k), sparse, block
+        q,
+        k,
+        v,
+        out,
+        lse,
+        grad_out,
+        grad_lse,
+        scale,
+        named,
+        _shapes_of(q, k),
+        sparse,
+        block,
+        param_grads=param_grads,
     )
-    return dq, dk, dv, [grads[name] for name in _GRAD_PARAMS]
+    return dq, dk, dv, [grads[name] for name in _GRAD_PARAMS if param_grads]
 
 
 def _attention_bwd_fake(
-    q, k, v, out, lse, grad_out, grad_lse, scale, params, sparse, block_rows, block_keys
+    q,
+    k,
+    v,
+    out,
+    lse,
+    grad_out,
+    grad_lse,
+    scale,
+    params,
+    sparse,
+    block_rows,
+    block_keys,
+    param_grads,
 ):
     named = dict(zip(_PARAM_NAMES, params))
     grads = [
-        torch.empty(named[n].shape, dtype=named[n].dtype, device=q.device) for n in _GRAD_PARAMS
+        torch.empty(named[n].shape, dtype=named[n].dtype, device=q.device)
+        for n in _GRAD_PARAMS
+        if param_grads
     ]
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grads
 
@@ -2094,6 +2442,9 @@ def _setup_context(ctx, inputs, output):
     q, k, v, scale, params, sparse, block_rows, block_keys = inputs
     ctx.save_for_backward(q, k, v, *output, *sparse, *params)
     ctx.scale, ctx.sparse, ctx.block = scale, len(sparse), (block_rows, block_keys)
+    # params marked `grad` that need none (frozen, e.g. fixed ALiBi slopes) skip their terms
+    named = dict(zip(_PARAM_NAMES, params))
+    ctx.param_grads = any(named[name].requires_grad for name in _GRAD_PARAMS)
 
 
 def _gradients(bwd, ctx, grad_out, grad_lse):
@@ -2103,7 +2454,18 @@ def _gradients(bwd, ctx, grad_out, grad_lse):
     grad_out = grad_out if grad_out is not None else torch.zeros_like(out)
     grad_lse = grad_lse.float().contiguous() if grad_lse is not None else None
     dq, dk, dv, grads = bwd(
-        q, k, v, out, lse, grad_out, grad_lse, ctx.scale, params, sparse, *ctx.block
+        q,
+        k,
+        v,
+        out,
+        lse,
+        grad_out,
+        grad_lse,
+        ctx.scale,
+        params,
+        sparse,
+        *ctx.block,
+        ctx.param_grads,
     )
     by_name = dict(zip(_GRAD_PARAMS, grads))
     return dq, dk, dv, [by_name.get(name) for name in _PARAM_NAMES]
@@ -2112,6 +2474,12 @@ def _gradients(bwd, ctx, grad_out, grad_lse):
 def _backward(ctx, grad_out, grad_lse):
     dq, dk, dv, grads = _gradients(_BWD_OP, ctx, grad_out, grad_lse)
     return dq, dk, dv, None, grads, [None] * ctx.sparse, None, None
+
+
+_OP = runtime.free_op_name(
+    "attngen",
+    f"{NAME}_{SPEC_HASH[:16]}_" + runtime.schema_tag(_attention_fwd, _attention_bwd, _decode_impl),
+)
 
 
 def _register():

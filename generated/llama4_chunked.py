@@ -1693,15 +1693,29 @@ def _launch_fwd(q, k, v, scale, params, shapes, sparse=(), block=(), trace=None)
 
 @runtime.on_first_tensors_device  # Triton launches on the current device
 def _launch_bwd(
-    q, k, v, out, lse, grad_out, grad_lse, scale, params, shapes, sparse=(), block=(), trace=None
+    q,
+    k,
+    v,
+    out,
+    lse,
+    grad_out,
+    grad_lse,
+    scale,
+    params,
+    shapes,
+    sparse=(),
+    block=(),
+    trace=None,
+    param_grads=True,
 ):
-    """dq, dk, dv and {param: grad} for the params marked `grad`; sparse: a block mask's lists
-    (key blocks per query block, query blocks per key block) of block sizes `block`."""
+    """dq, dk, dv and {param: grad} for the params marked `grad` ({} unless param_grads: then
+    the dQ kernel without their terms runs, where the spec has any); sparse: a block mask's
+    lists (key blocks per query block, query blocks per key block) of block sizes `block`."""
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     grad_rows = runtime.cdiv(shapes.q_len, 16)  # partial-sum rows per (batch, head): BLOCK_M >= 16
     buffers = []
-    for name, varying in GRAD_TERMS:
+    for name, varying in GRAD_TERMS if param_grads else ():
         numel = params[name].numel()
         rows = 1 if varying else shapes.batch * shapes.heads_q * grad_rows
         buffers.append(torch.zeros((rows, numel), dtype=torch.float32, device=q.device))
@@ -1814,7 +1828,8 @@ def _launch_bwd(
             grad_rows,
             *lengths,
         ]
-        _launch(llama4_chunked_bwd_dq, dq_grid, dq_args, dict(common, TMA=keys is not None), trace)
+        dq_kernel = llama4_chunked_bwd_dq
+        _launch(dq_kernel, dq_grid, dq_args, dict(common, TMA=keys is not None), trace)
     else:
         dq.zero_(), dk.zero_(), dv.zero_()
     param_grads = {}
@@ -2036,9 +2051,9 @@ def trace_decode_tiles(
 
 
 # ---- torch.library ops: opaque to torch.compile (no graph break, fake shapes, any length) -------
-# Named after the spec and its hash; another file of the same spec imported into this process
-# (another cache directory) registers its own ops under the next free suffix.
-_OP = runtime.free_op_name("attngen", f"{NAME}_{SPEC_HASH[:16]}")
+# Named after the spec, its hash and the ops' signatures (_OP, below); another file of the same
+# spec imported into this process (another cache directory) registers its own ops under the
+# next free suffix.
 _PARAM_NAMES = tuple(p.name for p in PARAMS)
 _GRAD_PARAMS = tuple(dict.fromkeys(name for name, _ in GRAD_TERMS))  # params with a gradient
 
@@ -2069,6 +2084,7 @@ def _attention_fwd_fake(q, k, v, scale, params, sparse, block_rows, block_keys):
     return torch.empty(q.shape, dtype=q.dtype, device=q.device), lse
 
 
+# param_grads: whether a param marked `grad` requires one (else their list comes back empty)
 def _attention_bwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -2082,21 +2098,48 @@ def _attention_bwd(
     sparse: list[torch.Tensor],
     block_rows: int,
     block_keys: int,
+    param_grads: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     named = dict(zip(_PARAM_NAMES, params))
     block = (block_rows, block_keys) if sparse else ()
     dq, dk, dv, grads = _launch_bwd(
-        q, k, v, out, lse, grad_out, grad_lse, scale, named, _shapes_of(q, k), sparse, block
+        q,
+        k,
+        v,
+        out,
+        lse,
+        grad_out,
+        grad_lse,
+        scale,
+        named,
+        _shapes_of(q, k),
+        sparse,
+        block,
+        param_grads=param_grads,
     )
-    return dq, dk, dv, [grads[name] for name in _GRAD_PARAMS]
+    return dq, dk, dv, [grads[name] for name in _GRAD_PARAMS if param_grads]
 
 
 def _attention_bwd_fake(
-    q, k, v, out, lse, grad_out, grad_lse, scale, params, sparse, block_rows, block_keys
+    q,
+    k,
+    v,
+    out,
+    lse,
+    grad_out,
+    grad_lse,
+    scale,
+    params,
+    sparse,
+    block_rows,
+    block_keys,
+    param_grads,
 ):
     named = dict(zip(_PARAM_NAMES, params))
     grads = [
-        torch.empty(named[n].shape, dtype=named[n].dtype, device=q.device) for n in _GRAD_PARAMS
+        torch.empty(named[n].shape, dtype=named[n].dtype, device=q.device)
+        for n in _GRAD_PARAMS
+        if param_grads
     ]
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grads
 
@@ -2105,6 +2148,9 @@ def _setup_context(ctx, inputs, output):
     q, k, v, scale, params, sparse, block_rows, block_keys = inputs
     ctx.save_for_backward(q, k, v, *output, *sparse, *params)
     ctx.scale, ctx.sparse, ctx.block = scale, len(sparse), (block_rows, block_keys)
+    # params marked `grad` that need none (frozen, e.g. fixed ALiBi slopes) skip their terms
+    named = dict(zip(_PARAM_NAMES, params))
+    ctx.param_grads = any(named[name].requires_grad for name in _GRAD_PARAMS)
 
 
 def _gradients(bwd, ctx, grad_out, grad_lse):
@@ -2114,7 +2160,18 @@ def _gradients(bwd, ctx, grad_out, grad_lse):
     grad_out = grad_out if grad_out is not None else torch.zeros_like(out)
     grad_lse = grad_lse.float().contiguous() if grad_lse is not None else None
     dq, dk, dv, grads = bwd(
-        q, k, v, out, lse, grad_out, grad_lse, ctx.scale, params, sparse, *ctx.block
+        q,
+        k,
+        v,
+        out,
+        lse,
+        grad_out,
+        grad_lse,
+        ctx.scale,
+        params,
+        sparse,
+        *ctx.block,
+        ctx.param_grads,
     )
     by_name = dict(zip(_GRAD_PARAMS, grads))
     return dq, dk, dv, [by_name.get(name) for name in _PARAM_NAMES]
@@ -2123,6 +2180,12 @@ def _gradients(bwd, ctx, grad_out, grad_lse):
 def _backward(ctx, grad_out, grad_lse):
     dq, dk, dv, grads = _gradients(_BWD_OP, ctx, grad_out, grad_lse)
     return dq, dk, dv, None, grads, [None] * ctx.sparse, None, None
+
+
+_OP = runtime.free_op_name(
+    "attngen",
+    f"{NAME}_{SPEC_HASH[:16]}_" + runtime.schema_tag(_attention_fwd, _attention_bwd, _decode_impl),
+)
 
 
 def _register():

@@ -196,6 +196,34 @@ def test_deterministic_refuses_atomic_param_gradients():
     op(q, q, q, table=table.detach(), deterministic=True)  # a constant table is fine
 
 
+@pytest.mark.parametrize("name", ["alibi", "t5_bias"])
+@pytest.mark.parametrize("eager", [True, False])
+def test_frozen_grad_params_skip_their_gradient_terms(name, eager, monkeypatch):
+    # a param marked `grad` that needs none (fixed ALiBi slopes, a frozen bias table): the dQ
+    # kernel without its terms runs (`_frozen`), q, k, v get the same gradients, the param none
+    op = _op(name)
+    module = op.module
+    launched = []
+    launch = module._launch
+    monkeypatch.setattr(module, "_launch", lambda kernel, *a: (launched.append(kernel), launch(kernel, *a))[1])
+    if not eager:  # through the torch.library op (what torch.compile and export trace)
+        monkeypatch.setattr(module.runtime, "plain_eager", lambda q: False)
+    gen = torch.Generator().manual_seed(11)
+    q, k, v, d_out = (torch.randn(2, 4, 40, 32, generator=gen) for _ in range(4))
+    params = random_params(op.spec, 2, 4, 4, 40, 40, "cpu", gen)
+    learnt = _grads(op, q, k, v, params, d_out, torch.zeros(2, 4, 40), golden=False)
+    dq_kernels = lambda: [kernel.fn.__name__ for kernel in launched if "_bwd_dq" in kernel.fn.__name__]  # noqa: E731
+    assert dq_kernels() == [f"{name}_bwd_dq"]
+    launched.clear()
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    frozen = {n: t.detach() for n, t in params.items()}
+    out = op(*leaves, **frozen)
+    got = torch.autograd.grad((out * d_out).sum(), leaves)
+    assert dq_kernels() == [f"{name}_bwd_dq_frozen"]
+    for n, g in zip(("dq", "dk", "dv"), got):
+        assert torch.equal(g, learnt[n]), n
+
+
 def test_params_without_grad_are_constants():
     op = _op("prefix_lm")
     q = torch.randn(1, 2, 8, 16, requires_grad=True)

@@ -156,12 +156,15 @@ def test_sm90_each_example_uses_wgmma(sm90_sweep, path):
     mine = [ln for ln in lines if ln["path"] == f"examples/{path.name}"]
     dims = set(attention.head_dims or (128,))
     kernels = {ln["kernel"] for ln in mine}
-    # every kernel the spec asks for, by name: the forward, the backward's three kernels, and
+    # every kernel the spec asks for, by name: the forward, the backward's three kernels (and
+    # the dQ without param terms where the spec has param gradients), and
     # the document-runs scan of a document() mask
     expected = {fwd}
     if "bwd" in attention.kernels:
         expected |= {f"_{attention.name}_bwd_preprocess", f"{attention.name}_bwd_dkdv",
                      f"{attention.name}_bwd_dq"}
+        if any(p.grad for p in attention.params):  # dQ without the param terms (frozen params)
+            expected.add(f"{attention.name}_bwd_dq_frozen")
     if "document(" in attention.source:
         expected.add("_document_runs")
     if "decode" in attention.kernels:

@@ -40,6 +40,7 @@ def _qkv(b, hq, hkv, m, n, d, requires_grad=False):
 
 @pytest.mark.parametrize("name,params", [
     ("alibi", lambda: [torch.rand(4, device=DEVICE).requires_grad_()]),  # a param with a gradient
+    ("alibi", lambda: [torch.rand(4, device=DEVICE)]),  # frozen: the dQ without its terms
     ("packed_docs", lambda: [torch.tensor([[0] * 9 + [1] * 8] * 2, dtype=torch.int32,
                                           device=DEVICE)]),
     ("llama", lambda: []),
@@ -160,3 +161,18 @@ def test_compiled_call_with_a_block_mask_fullgraph():
     for got, t in zip(grads, (q, k, v)):
         torch.testing.assert_close(got, t.grad)
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_op_names_change_with_the_ops_signatures():
+    # torch.compile's on-disk caches call ops by name: a schema change (an upgrade adding an
+    # argument) must come with new names, or a cached graph calls the new op the old way
+    def bwd(q: torch.Tensor, scale: float) -> torch.Tensor: ...
+
+    def bwd_later(q: torch.Tensor, scale: float, param_grads: bool) -> torch.Tensor: ...
+
+    bwd_later.__name__ = "bwd"
+    assert runtime.schema_tag(bwd) != runtime.schema_tag(bwd_later)
+    assert runtime.schema_tag(bwd) == runtime.schema_tag(bwd)
+    module = _load("alibi").module
+    tag = runtime.schema_tag(module._attention_fwd, module._attention_bwd, module._decode_impl)
+    assert module._OP.startswith(f"attngen::{module.NAME}_{module.SPEC_HASH[:16]}_{tag}")
