@@ -124,20 +124,21 @@ def kernels_of(module, which: tuple[str, ...] = GROUPS) -> list[str]:
     second dQ kernel, ``_frozen``, for calls whose params need none."""
     names = []
     has_bwd = hasattr(module, f"{module.NAME}_bwd_dq")
+    frozen = hasattr(module, f"{module.NAME}_bwd_dq{FROZEN}")
     if "fwd" in which:
         names += ["_document_runs"] if module.DOCUMENTS else []
         names.append(f"{module.NAME}_fwd")
     if "bwd" in which and has_bwd:
         names += [f"_{module.NAME}_bwd_preprocess", f"{module.NAME}_bwd_dkdv",
                   f"{module.NAME}_bwd_dq"]
-        names += [f"{module.NAME}_bwd_dq{FROZEN}"] if hasattr(module, f"{module.NAME}_bwd_dq{FROZEN}") \
-            else []
+        names += [f"{module.NAME}_bwd_dq{FROZEN}"] if frozen else []
     if "decode" in which and hasattr(module, f"{module.NAME}_decode_kernel"):
         names += [f"{module.NAME}_decode_kernel", f"_{module.NAME}_decode_combine"]
     if "block_mask" in which:
         names += [f"_{module.NAME}_block_classes", f"{module.NAME}_fwd{BLOCK_SPARSE}"]
         if has_bwd:
             names += [f"{module.NAME}_bwd_dkdv{BLOCK_SPARSE}", f"{module.NAME}_bwd_dq{BLOCK_SPARSE}"]
+            names += [f"{module.NAME}_bwd_dq{FROZEN}{BLOCK_SPARSE}"] if frozen else []
     return names
 
 

@@ -1816,16 +1816,11 @@ def _launch_bwd(
         _launch(dq_kernel, dq_grid, dq_args, dict(common, TMA=keys is not None), trace)
     else:
         dq.zero_(), dk.zero_(), dv.zero_()
-    param_grads = {}
+    totals = {}
     for (name, _), buffer in zip(GRAD_TERMS, buffers):
         total = buffer.sum(0)  # fixed-order reduction of the per-program partial sums
-        param_grads[name] = total if name not in param_grads else param_grads[name] + total
-    return (
-        dq,
-        dk,
-        dv,
-        {n: g.view(params[n].shape).to(params[n].dtype) for n, g in param_grads.items()},
-    )
+        totals[name] = total if name not in totals else totals[name] + total
+    return dq, dk, dv, {n: g.view(params[n].shape).to(params[n].dtype) for n, g in totals.items()}
 
 
 @runtime.on_first_tensors_device  # Triton launches on the current device

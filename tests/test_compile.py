@@ -173,6 +173,8 @@ def test_sm90_each_example_uses_wgmma(sm90_sweep, path):
     expected |= {f"_{attention.name}_block_classes", f"{attention.name}_fwd_block_sparse"}
     if "bwd" in attention.kernels:
         expected |= {f"{attention.name}_bwd_dkdv_block_sparse", f"{attention.name}_bwd_dq_block_sparse"}
+        if any(p.grad for p in attention.params):
+            expected.add(f"{attention.name}_bwd_dq_frozen_block_sparse")
     assert kernels == expected
     for dtype in SWEEP_DTYPES:
         assert dtype in attention.dtypes
