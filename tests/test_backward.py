@@ -224,6 +224,25 @@ def test_frozen_grad_params_skip_their_gradient_terms(name, eager, monkeypatch):
         assert torch.equal(g, learnt[n]), n
 
 
+def test_frozen_grad_params_with_a_block_mask(monkeypatch):
+    # the frozen dQ's block-mask variant: the same q, k, v gradients as with learnt slopes
+    op = _op("alibi")
+    launched = []
+    launch = op.module._launch
+    monkeypatch.setattr(op.module, "_launch", lambda kernel, *a: (launched.append(kernel.fn.__name__), launch(kernel, *a))[1])
+    gen = torch.Generator().manual_seed(12)
+    q, k, v, d_out = (torch.randn(1, 2, 150, 16, generator=gen) for _ in range(4))
+    slopes = torch.rand(2, generator=gen)
+    mask = op.block_mask(1, 2, 150, 150, block=64)
+    grads = []
+    for learnt in (True, False):
+        leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+        out = op(*leaves, slopes=slopes.detach().requires_grad_(learnt), block_mask=mask)
+        grads.append(torch.autograd.grad((out * d_out).sum(), leaves))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert [n for n in launched if "_bwd_dq" in n] == ["alibi_bwd_dq", "alibi_bwd_dq_frozen"]
+
+
 def test_params_without_grad_are_constants():
     op = _op("prefix_lm")
     q = torch.randn(1, 2, 8, 16, requires_grad=True)
