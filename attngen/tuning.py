@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 FORMAT = 1
+FROZEN_DQ = "_bwd_dq_frozen"  # the dQ kernel without param-gradient terms (render's dq_variants)
 
 
 def gpu_slug(name: str) -> str:
@@ -264,7 +265,7 @@ def write_entries(directory: Path, gpu_name: str, entries: list[dict]) -> Path:
 def kernels_of(module: Any) -> list[Any]:
     """The autotuned kernels of a generated module (forward, backward, decode)."""
     name = module.NAME
-    names = (f"{name}_fwd", f"{name}_bwd_dkdv", f"{name}_bwd_dq", f"{name}_bwd_dq_frozen",
+    names = (f"{name}_fwd", f"{name}_bwd_dkdv", f"{name}_bwd_dq", f"{name}{FROZEN_DQ}",
              f"{name}_decode_kernel")
     return [getattr(module, n) for n in names if hasattr(module, n)]
 
@@ -353,7 +354,7 @@ def tune(op: Any, shapes: list[tuple[int, int, int, int, int]], *, dtype, kernel
     for B, Hq, Hkv, N, D in shapes:
         params = random_params(op.spec, B, Hq, Hkv, N, N, device, generator)
         grad_params = {p.name for p in op.spec.params if p.grad}
-        frozen = hasattr(module, f"{module.NAME}_bwd_dq_frozen")
+        frozen = hasattr(module, f"{module.NAME}{FROZEN_DQ}")
         q, k, v = (torch.randn(B, h, N, D, device=device, dtype=dtype)
                    for h in (Hq, Hkv, Hkv))
 
