@@ -7,6 +7,7 @@ result is formatted with black, so rebuilding a spec reproduces its module byte 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from functools import cache
 
@@ -14,8 +15,8 @@ import black
 import jinja2
 
 from . import ir
-from .lower import lower
-from .sparsity import analyse
+from .lower import Lowerer, lower
+from .sparsity import _conjuncts, analyse
 from .resources import templates_dir
 
 VERSION = "0.1.0"
@@ -53,6 +54,12 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
     """The generated Python module for one attention, formatted."""
     low = lower(attention)
     sparsity = analyse(attention)
+    # the mask less the conjuncts a query tile's key range may decide (sparsity.decided)
+    rest = [c for i, c in enumerate(_conjuncts(attention.mask)) if i not in sparsity.decided]
+    mask_decided = None
+    if sparsity.decided:
+        mask_decided = Lowerer(attention)(functools.reduce(
+            lambda a, b: ir.Binary("&", a, b, ty="bool"), rest)) if rest else "True"
     mask_names = {n.param if isinstance(n, ir.Index) else n.id for n in ir.walk(attention.mask)
                   if isinstance(n, (ir.Name, ir.Index))}
     params = [
@@ -83,6 +90,7 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "mask_text": attention.mask_text,
         "score_hook": low.score,
         "mask_hook": low.mask if low.mask is not None else "True",
+        "mask_hook_decided": mask_decided,  # None: no conjunct can be decided per tile
         "has_mask": low.mask is not None,
         "score_is_identity": low.score_is_identity,
         "key_range": sparsity.key_range,

@@ -86,6 +86,11 @@ class Sparsity:
     # per query tile
     query_range: str  # the same (query positions) per key tile, for the dK/dV kernel
     documents: tuple[str, ...]  # params whose runs the kernels read (`doc_runs_T`, `doc_sorted_T`)
+    # top-level conjuncts of the mask that key_range may decide for a whole query tile, by their
+    # index in the conjunction: a document whose ids are sorted and whose run holds every query
+    # of the tile keeps exactly the keys of that run. key_range then sets `decided` (a scalar:
+    # all of them are) and the run [run_lo, run_hi) to test keys against instead of reading ids
+    decided: tuple[int, ...]
     exact: bool  # every node is one of the exact forms (the tests compare tiles for equality)
 
 
@@ -159,6 +164,9 @@ class _Analysis:
         self.lower = Lowerer(attention)
         self.lines: list[str] = []
         self.documents: list[str] = []
+        self.top: ir.Expr | None = None  # the top-level conjunct being analysed
+        self.decided: list[tuple[int, str, str, str]] = []  # (conjunct index, when, run lo, hi)
+        self.index = -1
         self.exact = True
         self._temps = 0
 
@@ -296,6 +304,8 @@ class _Analysis:
         start = self.temp(f"tl.load({runs} + tl.maximum({first}, 0))", "doc_start")
         end_first = self.temp(f"tl.load({runs} + runs_len + tl.maximum({first}, 0))", "doc_end")
         end_last = self.temp(f"tl.load({runs} + runs_len + tl.maximum({last}, 0))", "doc_end")
+        if e is self.top:  # the tile's outer positions in one run: it keeps exactly that run
+            self.decided.append((self.index, f"{ok_lo} & ({end_first} > {last})", start, end_first))
         return Range(lo=f"tl.where({ok_lo}, {start}, -{BIG})",
                      hi=f"tl.where({ok}, {end_last}, {BIG})", full_lo=start,
                      full_hi=f"tl.where({ok} & ({end_first} > {last}), {end_first}, -{BIG})")
@@ -382,10 +392,11 @@ class _Analysis:
         self.lines += ["lo = -BIG", "full_lo = -BIG", "full_hi = BIG", "hi = BIG",
                        "gap_lo = BIG", "gap_hi = -BIG"]
         full_empty = gapped = False
-        for conjunct in _conjuncts(mask):
+        for index, conjunct in enumerate(_conjuncts(mask)):
             if isinstance(conjunct, ir.BoolLit) and conjunct.value:
                 continue
             self.lines.append(f"# {ir.unparse(conjunct)}")
+            self.top, self.index = conjunct, index
             r = self.range(conjunct)
             for field, fn in (("lo", "maximum"), ("full_lo", "maximum"), ("full_hi", "minimum"),
                               ("hi", "minimum")):
@@ -399,6 +410,14 @@ class _Analysis:
         if full_empty:
             self.lines += ["# not every part of the mask has a closed form: no FULL tiles",
                            "full_hi = -BIG"]
+        if self.decided and self.view is FORWARD:
+            run_lo, run_hi = self.decided[0][2], self.decided[0][3]
+            for _, _, start, end in self.decided[1:]:
+                run_lo, run_hi = f"tl.maximum({run_lo}, {start})", f"tl.minimum({run_hi}, {end})"
+            self.lines += ["# the tile's queries in one run of each document: PARTIAL tiles test",
+                           "# keys against the run instead of reading their ids",
+                           "decided = " + " & ".join(f"({d})" for _, d, _, _ in self.decided),
+                           f"run_lo = {run_lo}", f"run_hi = {run_hi}"]
         return "\n".join(self.lines)
 
 
@@ -415,4 +434,4 @@ def analyse(attention: ir.Attention) -> Sparsity:
     key_range = forward.statements(attention.mask)
     query_range = transposed.statements(attention.mask)
     return Sparsity(key_range, query_range, tuple(forward.documents),
-                    forward.exact and transposed.exact)
+                    tuple(d[0] for d in forward.decided), forward.exact and transposed.exact)

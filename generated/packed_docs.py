@@ -318,6 +318,8 @@ def _packed_docs_fwd_tiles(
     at_a,
     at_b,
     at_c,
+    run_lo,
+    run_hi,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     HAS_MASK: tl.constexpr,
@@ -329,6 +331,7 @@ def _packed_docs_fwd_tiles(
     LISTED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPARSE_N: tl.constexpr,
+    DECIDED: tl.constexpr,
 ):
     """Online softmax over key tiles: the loop counts positions [start, end) of the runs that
     _tile_start maps to tiles (LISTED: of a block mask's list). PARTIAL tiles check bounds and
@@ -384,22 +387,26 @@ def _packed_docs_fwd_tiles(
                 s = s * LOG2E
             if PARTIAL:
                 keep = n_valid[None, :]
-                if HAS_MASK:
-                    keep = keep & (
-                        (kv_pos[None, :] <= q_pos[:, None])
-                        & (
-                            tl.load(
-                                p_doc + off_b * p_doc_stride0 + q_pos[:, None] * p_doc_stride1,
-                                mask=(q_pos[:, None] >= 0) & (q_pos[:, None] < kv_len),
-                                other=0,
-                            )
-                            == tl.load(
-                                p_doc + off_b * p_doc_stride0 + kv_pos[None, :] * p_doc_stride1,
-                                mask=(kv_pos[None, :] >= 0) & (kv_pos[None, :] < kv_len),
-                                other=0,
+                if HAS_MASK:  # DECIDED: the document conjuncts are the run [run_lo, run_hi)
+                    if DECIDED:
+                        in_run = (kv_pos >= run_lo) & (kv_pos < run_hi)
+                        keep = keep & in_run[None, :] & (kv_pos[None, :] <= q_pos[:, None])
+                    else:
+                        keep = keep & (
+                            (kv_pos[None, :] <= q_pos[:, None])
+                            & (
+                                tl.load(
+                                    p_doc + off_b * p_doc_stride0 + q_pos[:, None] * p_doc_stride1,
+                                    mask=(q_pos[:, None] >= 0) & (q_pos[:, None] < kv_len),
+                                    other=0,
+                                )
+                                == tl.load(
+                                    p_doc + off_b * p_doc_stride0 + kv_pos[None, :] * p_doc_stride1,
+                                    mask=(kv_pos[None, :] >= 0) & (kv_pos[None, :] < kv_len),
+                                    other=0,
+                                )
                             )
                         )
-                    )
                 s = tl.where(keep, s, -INF)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_shift = tl.where(m_new == -INF, 0.0, m_new)
@@ -508,6 +515,7 @@ def packed_docs_fwd(
             + (pid_m * BLOCK_M // SPARSE_M) * stride_sm
         )
         end_a, end_b, at_a, at_b, at_c = 0, 0, 0, 0, 0  # unused
+        decided, run_lo, run_hi = False, 0, 0  # the lists' PARTIAL blocks test the whole mask
     else:
         # key positions this query tile sees (positions first_q..last_q; see the notation block)
         first_q = pid_m * BLOCK_M + (kv_len - q_len)
@@ -532,6 +540,11 @@ def packed_docs_fwd(
         full_lo = tl.maximum(full_lo, doc_start3)
         full_hi = tl.minimum(full_hi, tl.where(doc_ok2 & (doc_end4 > last_q), doc_end4, -BIG))
         hi = tl.minimum(hi, tl.where(doc_ok2, doc_end5, BIG))
+        # the tile's queries in one run of each document: PARTIAL tiles test
+        # keys against the run instead of reading their ids
+        decided = doc_ok2 & (doc_end4 > last_q)
+        run_lo = doc_start3
+        run_hi = doc_end4
         partial, end_a, end_b, at_a, at_b, at_c, full_lo, full_hi = _tile_runs(
             lo, full_lo, full_hi, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N
         )
@@ -549,57 +562,172 @@ def packed_docs_fwd(
         else:  # the FULL tiles: one run
             end = full_hi - full_lo
             end_a, end_b, at_a = BIG, BIG, full_lo
-        acc, l_i, m_i = _packed_docs_fwd_tiles(
-            acc,
-            l_i,
-            m_i,
-            q,
-            k_base,
-            v_base,
-            KDesc,
-            VDesc,
-            stride_kn,
-            stride_vn,
-            q_pos,
-            off_b,
-            off_h,
-            off_hkv,
-            p_doc,
-            p_doc_stride0,
-            p_doc_stride1,
-            batch,
-            heads_q,
-            heads_kv,
-            q_len,
-            kv_len,
-            qk_scale,
-            0,
-            end,
-            offs_n,
-            d_valid,
-            trace,
-            Q,
-            1,
-            0,
-            0,
-            blocks,
-            end_a,
-            end_b,
-            at_a,
-            at_b,
-            at_c,
-            PRECISION,
-            SCORE_IS_IDENTITY,
-            HAS_MASK,
-            i == 0,
-            HEAD_DIM == BLOCK_D,
-            TRACE,
-            False,
-            TMA,
-            BLOCK_SPARSE,
-            BLOCK_N,
-            SPARSE_N,
-        )
+        if i == 0:  # PARTIAL tiles: a query tile in one run of each document tests keys against it
+            if decided:
+                acc, l_i, m_i = _packed_docs_fwd_tiles(
+                    acc,
+                    l_i,
+                    m_i,
+                    q,
+                    k_base,
+                    v_base,
+                    KDesc,
+                    VDesc,
+                    stride_kn,
+                    stride_vn,
+                    q_pos,
+                    off_b,
+                    off_h,
+                    off_hkv,
+                    p_doc,
+                    p_doc_stride0,
+                    p_doc_stride1,
+                    batch,
+                    heads_q,
+                    heads_kv,
+                    q_len,
+                    kv_len,
+                    qk_scale,
+                    0,
+                    end,
+                    offs_n,
+                    d_valid,
+                    trace,
+                    Q,
+                    1,
+                    0,
+                    0,
+                    blocks,
+                    end_a,
+                    end_b,
+                    at_a,
+                    at_b,
+                    at_c,
+                    run_lo,
+                    run_hi,
+                    PRECISION,
+                    SCORE_IS_IDENTITY,
+                    HAS_MASK,
+                    i == 0,
+                    HEAD_DIM == BLOCK_D,
+                    TRACE,
+                    False,
+                    TMA,
+                    BLOCK_SPARSE,
+                    BLOCK_N,
+                    SPARSE_N,
+                    True,
+                )
+            else:
+                acc, l_i, m_i = _packed_docs_fwd_tiles(
+                    acc,
+                    l_i,
+                    m_i,
+                    q,
+                    k_base,
+                    v_base,
+                    KDesc,
+                    VDesc,
+                    stride_kn,
+                    stride_vn,
+                    q_pos,
+                    off_b,
+                    off_h,
+                    off_hkv,
+                    p_doc,
+                    p_doc_stride0,
+                    p_doc_stride1,
+                    batch,
+                    heads_q,
+                    heads_kv,
+                    q_len,
+                    kv_len,
+                    qk_scale,
+                    0,
+                    end,
+                    offs_n,
+                    d_valid,
+                    trace,
+                    Q,
+                    1,
+                    0,
+                    0,
+                    blocks,
+                    end_a,
+                    end_b,
+                    at_a,
+                    at_b,
+                    at_c,
+                    run_lo,
+                    run_hi,
+                    PRECISION,
+                    SCORE_IS_IDENTITY,
+                    HAS_MASK,
+                    i == 0,
+                    HEAD_DIM == BLOCK_D,
+                    TRACE,
+                    False,
+                    TMA,
+                    BLOCK_SPARSE,
+                    BLOCK_N,
+                    SPARSE_N,
+                    False,
+                )
+        else:
+            acc, l_i, m_i = _packed_docs_fwd_tiles(
+                acc,
+                l_i,
+                m_i,
+                q,
+                k_base,
+                v_base,
+                KDesc,
+                VDesc,
+                stride_kn,
+                stride_vn,
+                q_pos,
+                off_b,
+                off_h,
+                off_hkv,
+                p_doc,
+                p_doc_stride0,
+                p_doc_stride1,
+                batch,
+                heads_q,
+                heads_kv,
+                q_len,
+                kv_len,
+                qk_scale,
+                0,
+                end,
+                offs_n,
+                d_valid,
+                trace,
+                Q,
+                1,
+                0,
+                0,
+                blocks,
+                end_a,
+                end_b,
+                at_a,
+                at_b,
+                at_c,
+                run_lo,
+                run_hi,
+                PRECISION,
+                SCORE_IS_IDENTITY,
+                HAS_MASK,
+                i == 0,
+                HEAD_DIM == BLOCK_D,
+                TRACE,
+                False,
+                TMA,
+                BLOCK_SPARSE,
+                BLOCK_N,
+                SPARSE_N,
+                False,
+            )
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -670,6 +798,11 @@ def _packed_docs_block_classes(
     full_lo = tl.maximum(full_lo, doc_start3)
     full_hi = tl.minimum(full_hi, tl.where(doc_ok2 & (doc_end4 > last_q), doc_end4, -BIG))
     hi = tl.minimum(hi, tl.where(doc_ok2, doc_end5, BIG))
+    # the tile's queries in one run of each document: PARTIAL tiles test
+    # keys against the run instead of reading their ids
+    decided = doc_ok2 & (doc_end4 > last_q)
+    run_lo = doc_start3
+    run_hi = doc_end4
     first_kv = pid_n * SPARSE_N
     inside = (first_kv + SPARSE_N <= kv_len) & ((pid_m + 1) * SPARSE_M <= q_len)
     end_kv = tl.minimum(first_kv + SPARSE_N, kv_len)
@@ -1446,6 +1579,11 @@ def packed_docs_bwd_dq(
         full_lo = tl.maximum(full_lo, doc_start3)
         full_hi = tl.minimum(full_hi, tl.where(doc_ok2 & (doc_end4 > last_q), doc_end4, -BIG))
         hi = tl.minimum(hi, tl.where(doc_ok2, doc_end5, BIG))
+        # the tile's queries in one run of each document: PARTIAL tiles test
+        # keys against the run instead of reading their ids
+        decided = doc_ok2 & (doc_end4 > last_q)
+        run_lo = doc_start3
+        run_hi = doc_end4
         partial, end_a, end_b, at_a, at_b, at_c, full_lo, full_hi = _tile_runs(
             lo, full_lo, full_hi, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N
         )
@@ -1660,6 +1798,11 @@ def packed_docs_decode_kernel(
     full_lo = tl.maximum(full_lo, doc_start3)
     full_hi = tl.minimum(full_hi, tl.where(doc_ok2 & (doc_end4 > last_q), doc_end4, -BIG))
     hi = tl.minimum(hi, tl.where(doc_ok2, doc_end5, BIG))
+    # the tile's queries in one run of each document: PARTIAL tiles test
+    # keys against the run instead of reading their ids
+    decided = doc_ok2 & (doc_end4 > last_q)
+    run_lo = doc_start3
+    run_hi = doc_end4
     below_lo, below_hi, lo = _split_at_gap(lo, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N)
     lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
     # this program's share of the visited tiles, numbered as one run: the tiles below a gap
@@ -1739,6 +1882,8 @@ def packed_docs_decode_kernel(
             0,
             0,
             0,
+            0,
+            0,
             PRECISION,
             SCORE_IS_IDENTITY,
             HAS_MASK,
@@ -1750,6 +1895,7 @@ def packed_docs_decode_kernel(
             False,
             BLOCK_N,
             BLOCK_N,
+            False,
         )
 
     empty = l_i == 0.0

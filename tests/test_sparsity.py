@@ -165,6 +165,23 @@ def test_closed_forms_are_exact(name):
     assert result.documents == (("doc",) if "document" in name else ())
 
 
+@pytest.mark.parametrize("mask, decided", [
+    ("causal & document(doc)", (1,)),                # q >= kv & doc == doc: the second conjunct
+    ("document(doc)", (0,)),
+    ("document(doc) & q - kv < 100", (0,)),
+    ("causal & (document(doc) | q < 4)", ()),        # not a conjunct of its own: read the ids
+])
+def test_document_conjuncts_a_query_tile_can_decide(mask, decided):
+    """A top-level document conjunct: a query tile inside one run of sorted ids keeps exactly
+    that run, so its PARTIAL tiles test keys against the run instead of reading ids."""
+    (attention,) = attngen.parse_and_check(
+        f"attention d {{\nparam doc: i32[B, KV]\nmask {mask}\n}}")
+    result = analyse(attention)
+    assert result.decided == decided
+    assert ("decided = " in result.key_range) == bool(decided)
+    assert "decided" not in result.query_range  # the forward view only
+
+
 def test_other_masks_fall_back_to_partial():
     (attention,) = attngen.parse_and_check(
         "attention odd { mask causal & (q + kv) % 3 == 0 }")
