@@ -1362,6 +1362,8 @@ def _packed_docs_bwd_dq_tiles(
     at_a,
     at_b,
     at_c,
+    run_lo,
+    run_hi,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     SCORE_GRAD_IS_ONE: tl.constexpr,
@@ -1374,6 +1376,7 @@ def _packed_docs_bwd_dq_tiles(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPARSE_N: tl.constexpr,
+    DECIDED: tl.constexpr,
 ):
     """dQ (and param-gradient) contributions of key tiles: the loop counts positions [0, end) of
     the runs _tile_start maps to tiles (as in the forward's tile loop). TMA: K and V come
@@ -1416,22 +1419,26 @@ def _packed_docs_bwd_dq_tiles(
             s2 = (s) * LOG2E
         if PARTIAL:
             keep = m_valid[:, None] & n_valid[None, :]
-            if HAS_MASK:
-                keep = keep & (
-                    (kv_pos[None, :] <= q_pos[:, None])
-                    & (
-                        tl.load(
-                            p_doc + off_b * p_doc_stride0 + q_pos[:, None] * p_doc_stride1,
-                            mask=(q_pos[:, None] >= 0) & (q_pos[:, None] < kv_len),
-                            other=0,
-                        )
-                        == tl.load(
-                            p_doc + off_b * p_doc_stride0 + kv_pos[None, :] * p_doc_stride1,
-                            mask=(kv_pos[None, :] >= 0) & (kv_pos[None, :] < kv_len),
-                            other=0,
+            if HAS_MASK:  # DECIDED: the document conjuncts are the run [run_lo, run_hi)
+                if DECIDED:
+                    in_run = (kv_pos >= run_lo) & (kv_pos < run_hi)
+                    keep = keep & in_run[None, :] & (kv_pos[None, :] <= q_pos[:, None])
+                else:
+                    keep = keep & (
+                        (kv_pos[None, :] <= q_pos[:, None])
+                        & (
+                            tl.load(
+                                p_doc + off_b * p_doc_stride0 + q_pos[:, None] * p_doc_stride1,
+                                mask=(q_pos[:, None] >= 0) & (q_pos[:, None] < kv_len),
+                                other=0,
+                            )
+                            == tl.load(
+                                p_doc + off_b * p_doc_stride0 + kv_pos[None, :] * p_doc_stride1,
+                                mask=(kv_pos[None, :] >= 0) & (kv_pos[None, :] < kv_len),
+                                other=0,
+                            )
                         )
                     )
-                )
             s2 = tl.where(keep, s2, -INF)
         p = tl.exp2(s2 - lse2[:, None])
         dp = tl.dot(do, v, input_precision=PRECISION)
@@ -1555,6 +1562,7 @@ def packed_docs_bwd_dq(
             + (pid_m * BLOCK_M // SPARSE_M) * stride_sm
         )
         end_a, end_b, at_a, at_b, at_c = 0, 0, 0, 0, 0  # unused
+        decided, run_lo, run_hi = False, 0, 0  # the lists' PARTIAL blocks test the whole mask
     else:
         # the forward's key ranges: PARTIAL [lo, full_lo), FULL [full_lo, full_hi), PARTIAL [full_hi, hi)
         first_q = pid_m * BLOCK_M + (kv_len - q_len)
@@ -1597,55 +1605,166 @@ def packed_docs_bwd_dq(
         else:  # the FULL tiles: one run
             end = full_hi - full_lo
             end_a, end_b, at_a = BIG, BIG, full_lo
-        dq = _packed_docs_bwd_dq_tiles(
-            dq,
-            q,
-            do,
-            lse2,
-            delta,
-            k_base,
-            v_base,
-            KDesc,
-            VDesc,
-            stride_kn,
-            stride_vn,
-            q_pos,
-            m_valid,
-            off_b,
-            off_h,
-            off_hkv,
-            p_doc,
-            p_doc_stride0,
-            p_doc_stride1,
-            batch,
-            heads_q,
-            heads_kv,
-            q_len,
-            kv_len,
-            scale,
-            end,
-            offs_n,
-            d_valid,
-            trace,
-            blocks,
-            end_a,
-            end_b,
-            at_a,
-            at_b,
-            at_c,
-            PRECISION,
-            SCORE_IS_IDENTITY,
-            SCORE_GRAD_IS_ONE,
-            HAS_MASK,
-            i == 0,
-            HEAD_DIM == BLOCK_D,
-            TRACE,
-            BLOCK_SPARSE,
-            TMA,
-            BLOCK_M,
-            BLOCK_N,
-            SPARSE_N,
-        )
+        if i == 0:  # PARTIAL tiles: a query tile in one run of each document tests keys against it
+            if decided:
+                dq = _packed_docs_bwd_dq_tiles(
+                    dq,
+                    q,
+                    do,
+                    lse2,
+                    delta,
+                    k_base,
+                    v_base,
+                    KDesc,
+                    VDesc,
+                    stride_kn,
+                    stride_vn,
+                    q_pos,
+                    m_valid,
+                    off_b,
+                    off_h,
+                    off_hkv,
+                    p_doc,
+                    p_doc_stride0,
+                    p_doc_stride1,
+                    batch,
+                    heads_q,
+                    heads_kv,
+                    q_len,
+                    kv_len,
+                    scale,
+                    end,
+                    offs_n,
+                    d_valid,
+                    trace,
+                    blocks,
+                    end_a,
+                    end_b,
+                    at_a,
+                    at_b,
+                    at_c,
+                    run_lo,
+                    run_hi,
+                    PRECISION,
+                    SCORE_IS_IDENTITY,
+                    SCORE_GRAD_IS_ONE,
+                    HAS_MASK,
+                    i == 0,
+                    HEAD_DIM == BLOCK_D,
+                    TRACE,
+                    BLOCK_SPARSE,
+                    TMA,
+                    BLOCK_M,
+                    BLOCK_N,
+                    SPARSE_N,
+                    True,
+                )
+            else:
+                dq = _packed_docs_bwd_dq_tiles(
+                    dq,
+                    q,
+                    do,
+                    lse2,
+                    delta,
+                    k_base,
+                    v_base,
+                    KDesc,
+                    VDesc,
+                    stride_kn,
+                    stride_vn,
+                    q_pos,
+                    m_valid,
+                    off_b,
+                    off_h,
+                    off_hkv,
+                    p_doc,
+                    p_doc_stride0,
+                    p_doc_stride1,
+                    batch,
+                    heads_q,
+                    heads_kv,
+                    q_len,
+                    kv_len,
+                    scale,
+                    end,
+                    offs_n,
+                    d_valid,
+                    trace,
+                    blocks,
+                    end_a,
+                    end_b,
+                    at_a,
+                    at_b,
+                    at_c,
+                    run_lo,
+                    run_hi,
+                    PRECISION,
+                    SCORE_IS_IDENTITY,
+                    SCORE_GRAD_IS_ONE,
+                    HAS_MASK,
+                    i == 0,
+                    HEAD_DIM == BLOCK_D,
+                    TRACE,
+                    BLOCK_SPARSE,
+                    TMA,
+                    BLOCK_M,
+                    BLOCK_N,
+                    SPARSE_N,
+                    False,
+                )
+        else:
+            dq = _packed_docs_bwd_dq_tiles(
+                dq,
+                q,
+                do,
+                lse2,
+                delta,
+                k_base,
+                v_base,
+                KDesc,
+                VDesc,
+                stride_kn,
+                stride_vn,
+                q_pos,
+                m_valid,
+                off_b,
+                off_h,
+                off_hkv,
+                p_doc,
+                p_doc_stride0,
+                p_doc_stride1,
+                batch,
+                heads_q,
+                heads_kv,
+                q_len,
+                kv_len,
+                scale,
+                end,
+                offs_n,
+                d_valid,
+                trace,
+                blocks,
+                end_a,
+                end_b,
+                at_a,
+                at_b,
+                at_c,
+                run_lo,
+                run_hi,
+                PRECISION,
+                SCORE_IS_IDENTITY,
+                SCORE_GRAD_IS_ONE,
+                HAS_MASK,
+                i == 0,
+                HEAD_DIM == BLOCK_D,
+                TRACE,
+                BLOCK_SPARSE,
+                TMA,
+                BLOCK_M,
+                BLOCK_N,
+                SPARSE_N,
+                False,
+            )
 
     dq = dq * scale
     tl.store(

@@ -138,15 +138,23 @@ def check_tiles(op, case, exact=True, kernels=("fwd", "dq", "dkdv")):
     return traces
 
 
-def check_output(op, case):
+def check_output(op, case, backward=False):
     q, k, v = _inputs(case)
+    if backward:
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
     out, lse = op(q, k, v, return_lse=True, **case["params"])
-    gold, gold_lse = op.reference(q.double(), k.double(), v.double(), return_lse=True,
-                                  **case["params"])
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    gold, gold_lse = op.reference(qd, kd, vd, return_lse=True, **case["params"])
     assert torch.allclose(out.double(), gold, atol=2e-5, rtol=1e-4), case
     assert torch.equal(torch.isinf(lse), torch.isinf(gold_lse)), case
     finite = torch.isfinite(gold_lse)
     assert torch.allclose(lse.double()[finite], gold_lse[finite], atol=2e-5, rtol=1e-4), case
+    if backward:  # each kernel's PARTIAL tiles (documents: decided by runs or reading ids)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
+        grads = torch.autograd.grad(out, (q, k, v), grad)
+        golds = torch.autograd.grad(gold, (qd, kd, vd), grad.double())
+        for name, g, want in zip(("dq", "dk", "dv"), grads, golds):
+            assert torch.allclose(g.double(), want, atol=1e-4, rtol=1e-3), (name, case)
 
 
 def _exact(case) -> bool:
@@ -173,13 +181,14 @@ def test_closed_forms_are_exact(name):
 ])
 def test_document_conjuncts_a_query_tile_can_decide(mask, decided):
     """A top-level document conjunct: a query tile inside one run of sorted ids keeps exactly
-    that run, so its PARTIAL tiles test keys against the run instead of reading ids."""
+    that run, so the PARTIAL tiles of the forward and dQ test keys against the run instead of
+    reading ids (dK/dV reads them: its decided variant spilled and ran slower)."""
     (attention,) = attngen.parse_and_check(
         f"attention d {{\nparam doc: i32[B, KV]\nmask {mask}\n}}")
     result = analyse(attention)
     assert result.decided == decided
     assert ("decided = " in result.key_range) == bool(decided)
-    assert "decided" not in result.query_range  # the forward view only
+    assert "decided" not in result.query_range
 
 
 def test_other_masks_fall_back_to_partial():
@@ -206,7 +215,7 @@ def test_affine_tiles_match_brute_force(ops, name, data):
 def test_document_tiles_match_brute_force(ops, name, data):
     case = data.draw(cases(name))
     check_tiles(ops[name], case, exact=_exact(case))
-    check_output(ops[name], case)
+    check_output(ops[name], case, backward=True)
 
 
 # ---- the debug counter on fixed cases: visited tiles, counted --------------------------------
