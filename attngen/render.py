@@ -7,7 +7,6 @@ result is formatted with black, so rebuilding a spec reproduces its module byte 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from functools import cache
 
@@ -16,7 +15,7 @@ import jinja2
 
 from . import ir
 from .lower import Lowerer, lower
-from .sparsity import _conjuncts, analyse
+from .sparsity import analyse
 from .resources import templates_dir
 
 VERSION = "0.1.0"
@@ -54,12 +53,8 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
     """The generated Python module for one attention, formatted."""
     low = lower(attention)
     sparsity = analyse(attention)
-    # the mask less the conjuncts a query tile's key range may decide (sparsity.decided)
-    rest = [c for i, c in enumerate(_conjuncts(attention.mask)) if i not in sparsity.decided]
-    mask_decided = None
-    if sparsity.decided:
-        mask_decided = Lowerer(attention)(functools.reduce(
-            lambda a, b: ir.Binary("&", a, b, ty="bool"), rest)) if rest else "True"
+    # what a tile whose key range decides the document conjuncts still tests (sparsity.decided)
+    mask_decided = None if sparsity.undecided is None else Lowerer(attention)(sparsity.undecided)
     mask_names = {n.param if isinstance(n, ir.Index) else n.id for n in ir.walk(attention.mask)
                   if isinstance(n, (ir.Name, ir.Index))}
     params = [

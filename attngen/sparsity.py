@@ -30,6 +30,7 @@ chunk or a document under causal), which the property tests check against dense 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from . import ir
@@ -90,9 +91,12 @@ class Sparsity:
     # index in the conjunction: a document whose ids are sorted and whose run holds every query
     # of the tile keeps exactly the keys of that run. key_range then sets `decided` (a scalar:
     # all of them are) and the run [run_lo, run_hi) to test keys against instead of reading ids
-    # (forward and dQ; the same in dK/dV, with query_range, doubled its spills and ran 21% slower
-    # on an H200)
+    # (forward and dQ; the same in dK/dV, with query_range, doubled its spills and ran 18-21%
+    # slower on an H200)
     decided: tuple[int, ...]
+    # the mask less the decided conjuncts (what a decided tile still tests; `true` when nothing is
+    # left), None when none is decided
+    undecided: ir.Expr | None
     exact: bool  # every node is one of the exact forms (the tests compare tiles for equality)
 
 
@@ -435,5 +439,11 @@ def analyse(attention: ir.Attention) -> Sparsity:
     forward, transposed = _Analysis(attention, FORWARD), _Analysis(attention, TRANSPOSED)
     key_range = forward.statements(attention.mask)
     query_range = transposed.statements(attention.mask)
-    return Sparsity(key_range, query_range, tuple(forward.documents),
-                    tuple(d[0] for d in forward.decided), forward.exact and transposed.exact)
+    decided = tuple(d[0] for d in forward.decided)
+    undecided = None
+    if decided:
+        rest = [c for i, c in enumerate(_conjuncts(attention.mask)) if i not in decided]
+        undecided = functools.reduce(lambda a, b: ir.Binary("&", a, b, ty="bool"), rest) \
+            if rest else ir.BoolLit(True, ty="bool")
+    return Sparsity(key_range, query_range, tuple(forward.documents), decided, undecided,
+                    forward.exact and transposed.exact)

@@ -129,6 +129,12 @@ def _documents(params, shapes):
 # [lo, hi) are EMPTY for every query of the tile (skipped: no loads, no math), keys inside
 # [full_lo, full_hi) are kept for all of them (FULL tiles: no mask math, no bounds checks), the
 # rest are PARTIAL. Document masks read per-position runs of equal ids (doc_runs_*, O(N)).
+#   DECIDED              (specs whose mask has a document as a top-level conjunct) this program's
+#                        query tile lies in one run of sorted ids (`decided`, from the ranges): it
+#                        keeps exactly the keys [run_lo, run_hi) of that run, so its PARTIAL tiles
+#                        test keys against the run and the rest of the mask instead of reading
+#                        ids (the dQ kernel too; decode and the block-mask kernels compute
+#                        `decided` with the ranges and leave it unused)
 #   EVEN_D               HEAD_DIM == BLOCK_D: loads need no head-dim mask
 #   TMA                  K and V are read through TMA descriptors KDesc, VDesc of [B, Hkv, N, D]
 #                        (runtime.tma_descriptors: Hopper and later, 16-byte aligned strides):

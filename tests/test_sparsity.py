@@ -37,14 +37,18 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
 ]
 
+SMALL_TILES = "blocks fwd(m=16, n=16, warps=4, stages=1)\nblocks bwd(m=16, n=16, warps=4, stages=1)"
 SPECS = {
     "causal": "mask causal",
     "window": "param wl: i32\nparam wr: i32\nmask window(wl, wr)",
     "causal_window": "param wl: i32\nmask causal & window(wl, 0)",
     "causal_chunk": "param c: i32\nmask causal & chunk(c)",
     "prefix": "param prefix: i32[B]\nmask causal | kv < prefix[b]",
-    "document": "param doc: i32[B, KV]\nmask document(doc)",
-    "causal_document": "param doc: i32[B, KV]\nmask causal & document(doc)",
+    # documents with 16 x 16 tiles (the interpreter's default is 64 x 64): at the drawn lengths
+    # (up to 80) query tiles then lie inside one document, whose PARTIAL tiles the forward and
+    # dQ decide by the run (sparsity.decided), and others span documents and read ids
+    "document": f"param doc: i32[B, KV]\nmask document(doc)\n{SMALL_TILES}",
+    "causal_document": f"param doc: i32[B, KV]\nmask causal & document(doc)\n{SMALL_TILES}",
     "sink_window": "param wl: i32\nparam sink: i32\nmask causal & (kv < sink | q - wl <= kv)",
 }
 # a union of two ranges that need not touch (attention sinks beside a window): the kernels skip
@@ -266,6 +270,33 @@ def test_unsorted_documents_stay_correct(ops):
     case = _case(64, 64, {"doc": doc})
     check_tiles(ops["causal_document"], case, exact=False)
     check_output(ops["causal_document"], case)
+
+
+@pytest.mark.parametrize("learnt", [True, False])
+def test_decided_document_tiles_with_a_grad_param(learnt):
+    """Documents of 10, 60 and 10 tokens at 16 x 16 tiles (query tiles inside the long one are
+    decided, the others read ids) with ALiBi slopes: the dQ kernel's decided PARTIAL loop also
+    accumulates the slopes' gradient (learnt), or is the frozen dQ's (fixed slopes)."""
+    op = attngen.load("attention doc_slopes {\nparam doc: i32[B, KV]\nparam slopes: f32[H] grad\n"
+                      "score score + slopes[h] * (kv - q)\nmask causal & document(doc)\n"
+                      f"{SMALL_TILES}\n}}")
+    doc = attngen.document_ids(torch.tensor([[0, 10, 70], [0, 30, 40]]), 80)
+    case = _case(80, 80, {"doc": doc})
+    case["heads_q"] = 2
+    q, k, v = (t.requires_grad_() for t in _inputs(case))
+    slopes = torch.tensor([0.25, 0.0625], requires_grad=learnt)
+    out = op(q, k, v, doc=doc, slopes=slopes)
+    leaves = (q, k, v, slopes) if learnt else (q, k, v)
+    golden_leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    golden_slopes = slopes.detach().clone().requires_grad_(learnt)  # f32, as declared
+    if learnt:
+        golden_leaves.append(golden_slopes)
+    gold = op.reference(*golden_leaves[:3], doc=doc, slopes=golden_slopes)
+    assert torch.allclose(out.double(), gold, atol=2e-5, rtol=1e-4)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    for name, g, want in zip(("dq", "dk", "dv", "dslopes"), torch.autograd.grad(out, leaves, grad),
+                             torch.autograd.grad(gold, golden_leaves, grad.double())):
+        assert torch.allclose(g.double(), want.double(), atol=1e-4, rtol=1e-3), name
 
 
 def test_document_runs_follow_in_place_edits(ops):
