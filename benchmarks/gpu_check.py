@@ -468,7 +468,11 @@ def decode(out_dir: Path) -> list[str]:
     copy_gbps = 2 * x.numel() * 2 / (timed(lambda: y.copy_(x)) * 1e-3) / 1e9
     del x, y
     rows.append(dict(case="ceiling", copy_gbps=round(copy_gbps, 1)))
+    print(json.dumps(rows[-1]), flush=True)
     lines.append(f"device copy: {copy_gbps:.0f} GB/s")
+
+    def save():  # after the timings and again at the end: a run cut short keeps what it measured
+        (out_dir / "decode.json").write_text(json.dumps({"meta": _meta(), "rows": rows}, indent=1))
     B, Hq, Hkv, D = 8, 32, 8, 128
     for spec in ("llama", "alibi"):
         op = attngen.load(EXAMPLES / f"{spec}.attn")
@@ -524,6 +528,7 @@ def decode(out_dir: Path) -> list[str]:
                          window_gbps=round(2 * B * Hkv * 4097 * D * 2 / (ms * 1e-3) / 1e9, 1)))
         print(json.dumps(rows[-1]), flush=True)
     del k, v
+    save()
     # bf16 numerics: ragged, paged, GQA packing, q_len 4, against float64 (FlexAttention's rule)
     checks, bad = _decode_numerics_d128()
     rows.append(dict(case="decode_correctness", checks=checks, failures=bad))
@@ -537,7 +542,7 @@ def decode(out_dir: Path) -> list[str]:
                          f"(window bytes {r['window_gbps']:.0f} GB/s)")
         elif "best_config" in r or "max_abs_err_vs_f64_sdpa" in r:
             lines.append(str(r))
-    (out_dir / "decode.json").write_text(json.dumps({"meta": _meta(), "rows": rows}, indent=1))
+    save()
     return lines
 
 
