@@ -36,13 +36,16 @@ SPECS = {
     "softcap": "attention softcap { score 30.0 * tanh(score / 30.0)\n mask causal }",
     "alibi": "attention alibi { param slopes: f32[H] grad\n score score + slopes[h] * (kv - q)\n"
              " mask causal }",
+    # T5's learnt relative-position bias (examples/t5_bias.attn): the table is learnt on both sides
+    "relbias": "attention relbias { param table: f32[H, 257] grad\n"
+               " score score + table[h, clamp(kv - q + 128, 0, 256)] }",
 }
 IMPLS = ("attngen", "sdpa_flash", "sdpa_cudnn", "flex")
 
 
 @dataclass(frozen=True)
 class Case:
-    name: str  # full, causal, window1024, doc8, softcap, alibi; decode_causal
+    name: str  # full, causal, window1024, doc8, softcap, alibi, relbias; decode_causal
     spec: str  # spec text
     N: int  # keys (and queries for training cases)
     D: int
@@ -69,6 +72,7 @@ SUITE = (
     Case("doc8", SPECS["doc8"], 8192, 128, 0.5 / 8),
     Case("softcap", SPECS["softcap"], 8192, 128, 0.5),
     Case("alibi", SPECS["alibi"], 8192, 128, 0.5),
+    Case("relbias", SPECS["relbias"], 4096, 128, 1.0),
     Case("decode_causal", SPECS["causal"], 4096, 128, 1.0, decode=True),
     Case("decode_causal", SPECS["causal"], 32768, 128, 1.0, decode=True),
 )
@@ -178,6 +182,9 @@ def _flex_mods(case: Case, params: dict):
     elif case.name == "alibi":
         slopes = params["slopes"]
         score_mod = lambda s, b, h, i, j: s + slopes[h] * (j - i)  # noqa: E731
+    elif case.name == "relbias":
+        mask_mod, table = None, params["table"]
+        score_mod = lambda s, b, h, i, j: s + table[h, torch.clamp(j - i + 128, 0, 256)]  # noqa: E731
     return score_mod, mask_mod
 
 
@@ -191,6 +198,8 @@ def _case_params(op, case: Case, B: int, H: int, device) -> dict:
         elif p.name == "doc":  # 8 equal documents per row
             ids = (torch.arange(case.N, device=device) * 8) // case.N
             params["doc"] = ids.to(torch.int32).expand(B, case.N).contiguous()
+        elif p.name == "table":  # learnt: its gradient is part of the backward on both sides
+            params["table"] = torch.randn(H, 257, device=device).requires_grad_()
         else:
             raise ValueError(f"benchmark case {case.name}: no values for param {p.name}")
     return params
@@ -218,7 +227,10 @@ def _run_train(case: Case, impls, rows: list, checks: list, step) -> None:
     score_mod, mask_mod = _flex_mods(case, params)
     block_mask = None if mask_mod is None else create_block_mask(mask_mod, 1, 1, N, N, "cuda")
     flex = torch.compile(flex_attention, dynamic=False)
-    fns["flex"] = lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
+    flex_options = [None]  # Flex's kernel_options: a retry with one stage where its default fails
+    fns["flex"] = lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask,
+                               kernel_options=flex_options[0])
+    learnt = (q, k, v, *(t for t in params.values() if t.requires_grad))
     flop = 4 * B * H * N * N * D * case.kept
     outs = {}
     for impl, fn in fns.items():
@@ -227,16 +239,16 @@ def _run_train(case: Case, impls, rows: list, checks: list, step) -> None:
         step(f"{case.label}: {impl}")
         row = dict(case=case.name, impl=impl, mode="train", N=N, D=D, B=B, H=H)
         try:
-            start = time.perf_counter()
-            outs[impl] = fn()
-            torch.cuda.synchronize()
-            row["first_call_s"] = round(time.perf_counter() - start, 2)
-            fwd_ms = _timed(fn)
-            d_out = torch.randn_like(outs[impl])
-            both_ms = _timed(lambda fn=fn, d_out=d_out: torch.autograd.grad(fn(), (q, k, v), d_out))
-            bwd_ms = both_ms - fwd_ms
-            row.update(fwd_ms=round(fwd_ms, 4), fwd_tflops=round(flop / fwd_ms / 1e9, 1),
-                       bwd_ms=round(bwd_ms, 4), bwd_tflops=round(2.5 * flop / bwd_ms / 1e9, 1))
+            try:
+                row.update(_time_train(fn, learnt, flop, outs, impl))
+            except Exception as err:
+                if impl != "flex":
+                    raise
+                flex_options[0] = {"num_stages": 1}  # e.g. out of shared memory
+                torch._dynamo.reset()
+                row.update(_time_train(fn, learnt, flop, outs, impl),
+                           flex_kernel_options=flex_options[0],
+                           flex_default_error=f"{type(err).__name__}: {str(err)[-200:]}")
         except Exception as err:  # a peer failing must not hide the others
             row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
         rows.append(row)
@@ -246,6 +258,23 @@ def _run_train(case: Case, impls, rows: list, checks: list, step) -> None:
                 diff = (outs["attngen"].detach().float() - out.detach().float()).abs().max()
                 checks.append(dict(case=case.name, N=N, D=D, impl=impl,
                                    max_abs_diff=round(diff.item(), 5)))
+
+
+def _time_train(fn, learnt: tuple, flop: float, outs: dict, impl: str) -> dict:
+    """First-call seconds and forward / backward ms and TFLOP/s of one implementation; the
+    backward is the gradient of every tensor in ``learnt`` (q, k, v and learnt params)."""
+    import torch
+
+    start = time.perf_counter()
+    outs[impl] = fn()
+    torch.cuda.synchronize()
+    first = round(time.perf_counter() - start, 2)
+    fwd_ms = _timed(fn)
+    d_out = torch.randn_like(outs[impl])
+    both_ms = _timed(lambda: torch.autograd.grad(fn(), learnt, d_out))
+    bwd_ms = both_ms - fwd_ms
+    return dict(first_call_s=first, fwd_ms=round(fwd_ms, 4), fwd_tflops=round(flop / fwd_ms / 1e9, 1),
+                bwd_ms=round(bwd_ms, 4), bwd_tflops=round(2.5 * flop / bwd_ms / 1e9, 1))
 
 
 def _run_decode(case: Case, impls, rows: list, step) -> None:
@@ -325,6 +354,11 @@ def markdown(rows: list[dict], checks: list[dict], info: dict) -> str:
     errors = [r for r in rows if "error" in r]
     for r in errors:
         lines.append(f"- {r['case']} {r['impl']} {r.get('mode')}: failed: {r['error']}")
+    for r in rows:
+        if "flex_kernel_options" in r:
+            lines.append(f"- {r['case']} N={r['N']} flex: ran with kernel_options "
+                         f"{r['flex_kernel_options']}; its default failed: "
+                         f"{r.get('flex_default_error', '?')}")
     if checks:
         worst = max(checks, key=lambda c: c["max_abs_diff"])
         lines.append(f"Agreement: max |attngen − peer| over all training cases "

@@ -357,7 +357,7 @@ def _require_gpu(command: str) -> None:
 
 @main.command()
 @click.option("--cases", default="", help="Comma list of case names (default: the whole suite): "
-              "full, causal, window1024, doc8, softcap, alibi, decode_causal.")
+              "full, causal, window1024, doc8, softcap, alibi, relbias, decode_causal.")
 @click.option("--impls", default="attngen,sdpa_flash,sdpa_cudnn,flex", show_default=True,
               help="Comma list of implementations to time.")
 @click.option("--quick", is_flag=True, help="Skip the N=16k and D=64 rows.")

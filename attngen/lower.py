@@ -299,13 +299,23 @@ class Lowerer:
         return " + ".join(offsets), (" & ".join(checks) or None)
 
     def index(self, e: ir.Index) -> str:
-        """A masked load: an index outside the param's extent reads 0 (false), as in the reference."""
+        """A masked load: an index outside the param's extent reads 0 (false), as in the reference.
+        Tile-shaped reads (the index varies with q and kv, or with the score) go through the
+        module's `_gather`, which Triton's pipeliner leaves alone."""
         strides = [f"p_{e.param}_stride{axis}" for axis in range(len(e.indices))]
         offset, check = self.index_parts(e, strides)
+        if is_tile_read(e):
+            return f"_gather(p_{e.param}, {offset}, {check})"
         address = f"p_{e.param} + {offset}"
         if check is None:
             return f"tl.load({address})"
         return f"tl.load({address}, mask={check}, other=0)"
+
+
+def is_tile_read(e: ir.Index) -> bool:
+    """A param read whose address varies over a whole tile (with q and kv, or with the score)."""
+    names = {n.id for i in e.indices for n in ir.walk(i) if isinstance(n, ir.Name)}
+    return {"q", "kv"} <= names or "score" in names
 
 
 def _dim_size(dim: str | int) -> str:

@@ -14,7 +14,7 @@ import black
 import jinja2
 
 from . import ir
-from .lower import Lowerer, lower
+from .lower import Lowerer, is_tile_read, lower
 from .sparsity import analyse
 from .resources import templates_dir
 
@@ -64,7 +64,7 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
     ]
     mask_params = [p for p in params if p["name"] in mask_names]
     tile_loads = sum(1 for root in (attention.score, attention.mask) for n in ir.walk(root)
-                     if isinstance(n, ir.Index) and _reads(n, "q") and _reads(n, "kv"))
+                     if isinstance(n, ir.Index) and is_tile_read(n))
     context = {
         "version": VERSION,
         "name": attention.name,
@@ -104,6 +104,8 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "grad_terms": low.grad_terms,
         # dQ kernels: (name suffix, param-gradient terms); `_frozen` for calls that need none
         "dq_variants": [("", low.grad_terms)] + ([("_frozen", [])] if low.grad_terms else []),
+        # both dQ kernels take the count of the atomically accumulated gradients' copies
+        "grad_copies": any(t.varying for t in low.grad_terms),
         "has_bwd": "bwd" in attention.kernels,
         "has_decode": "decode" in attention.kernels,
         "mask_uses_head": any(isinstance(n, ir.Name) and n.id == "h" for n in ir.walk(attention.mask)),

@@ -802,10 +802,10 @@ def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
     Estimate, in the inputs' dtype (elem bytes): the tiles a program holds plus ``num_stages``
     buffers of the tiles its loop streams: the forward and decode hold Q and stream K and V,
     dK/dV (``kernel`` "dkdv") holds K and V and streams Q and dO (and fp32 LSE and Delta rows),
-    dQ ("dq") holds Q and dO and streams K and V; plus, per tile-shaped param read in the score
-    or mask (``tile_loads``: a bias table indexed by q and kv), ``num_stages - 1`` pipelined
-    BLOCK_M x BLOCK_N buffers of 4 bytes. ``block_m``: the query rows of configs without a
-    BLOCK_M (decode fixes it per call).
+    dQ ("dq") holds Q and dO and streams K and V; plus, in dQ, 32 bytes per query row per
+    tile-shaped param read in the score or mask (``tile_loads``: a bias table indexed by q and
+    kv; those reads bypass shared memory, see the generated modules' `_gather`). ``block_m``:
+    the query rows of configs without a BLOCK_M (decode fixes it per call).
     """
     configs = fix_known_compiler_issues(for_head_dim(configs, block_d), block_d)
 
@@ -815,8 +815,7 @@ def fit_shared_memory(configs: list, block_d: int, elem: int, limit: int,
         rows = 2 * stages * m * 4 if kernel == "dkdv" else 0  # LSE and Delta
         # dQ: 32 more bytes per query row and tile load (measured on sm_90 for t5_bias)
         scratch = tile_loads * 32 * m if kernel == "dq" else 0
-        return (held + stages * streamed) * block_d * elem + rows + scratch \
-            + tile_loads * (stages - 1) * m * n * 4
+        return (held + stages * streamed) * block_d * elem + rows + scratch
 
     kept = [c for c in configs if estimate(c) <= limit]
     if kept:
@@ -846,6 +845,20 @@ def shared_memory_pruner(tile_loads: int, kernel: str = "fwd"):
                                  tile_loads, kwargs.get("BLOCK_M"), kernel)
 
     return prune
+
+
+# Private copies of an atomically accumulated param gradient: the dQ programs that run together
+# add into different copies (program index modulo the count), which the host sums. A relative
+# bias table has a few hundred entries per head, which every query tile of the head hits at
+# once: one copy put all of them on the same addresses (t5_bias dQ on an H200, B=2 H=16 N=8192
+# D=128: 21.5 ms with one copy; see benchmarks/results/2026-11-30-h200-relbias.md).
+GRAD_COPIES = 256
+GRAD_COPIES_ELEMENTS = 2**22  # 16 MiB of fp32 per gradient at most
+
+
+def grad_copies(numels: list[int]) -> int:
+    """How many copies of the atomically accumulated param gradients (``numels``: their sizes)."""
+    return max(1, min([GRAD_COPIES] + [GRAD_COPIES_ELEMENTS // max(n, 1) for n in numels]))
 
 
 def check_deterministic(op: str, grad_terms, specs, tensors) -> None:

@@ -243,6 +243,19 @@ def test_frozen_grad_params_with_a_block_mask(monkeypatch):
     assert [n for n in launched if "_bwd_dq" in n] == ["alibi_bwd_dq", "alibi_bwd_dq_frozen"]
 
 
+# a clamped relative bias on 16x16 tiles: most tiles read one bucket at run time (one atomic of
+# the tile's sum), the tiles near the diagonal several (one atomic per element); causal, padding
+# rows and q_len != kv_len put masked elements into both kinds
+RELATIVE = ("attention rel {{ param t: f32[H, 9] grad  score score + t[h, clamp(kv - q + 4, 0, 8)]"
+            "  {mask} blocks fwd(m=16, n=16), bwd(m=16, n=16) }}")
+
+
+@pytest.mark.parametrize("mask", ["mask causal", ""])
+@pytest.mark.parametrize("M, N", [(17, 113), (113, 70), (1, 3)])
+def test_relative_bias_gradient_on_tiles_of_one_bucket(mask, M, N):
+    _check(_op(RELATIVE.format(mask=mask)), 2, 4, 2, M, N, 16, seed=3)
+
+
 def test_params_without_grad_are_constants():
     op = _op("prefix_lm")
     q = torch.randn(1, 2, 8, 16, requires_grad=True)

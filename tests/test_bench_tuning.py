@@ -115,6 +115,20 @@ def test_markdown_decode_share_of_copy(copy, share):
     assert "None" not in md
 
 
+def test_markdown_says_which_flex_options_ran():
+    """A Flex row that only ran on a retry with other kernel_options says so, with the error."""
+    rows = [dict(case="relbias", impl=impl, mode="train", N=4096, D=128, fwd_tflops=f,
+                 bwd_tflops=b, **extra)
+            for impl, f, b, extra in (
+                ("attngen", 386.0, 152.1, {}),
+                ("flex", 164.6, 1.9, dict(flex_kernel_options={"num_stages": 1},
+                                          flex_default_error="OutOfMemoryError: out of resource")))]
+    md = bench.markdown(rows, [], {"gpu": GPU})
+    assert table_line(md, "| relbias")[3] == "386.0 / 152.1"
+    assert "relbias N=4096 flex: ran with kernel_options {'num_stages': 1}; its default failed: " \
+           "OutOfMemoryError: out of resource" in md
+
+
 def test_write_read_round_trip(tmp_path):
     rows, checks = synthetic_rows(), [dict(case="causal", N=4096, D=128, impl="flex",
                                            max_abs_diff=0.004)]
