@@ -45,10 +45,6 @@ def _knobs(configs: tuple[ir.KernelConfig, ...], kernel: str, as_list: bool) -> 
     return None
 
 
-def _reads(e: ir.Expr, name: str) -> bool:
-    return any(isinstance(n, ir.Name) and n.id == name for n in ir.walk(e))
-
-
 def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
     """The generated Python module for one attention, formatted."""
     low = lower(attention)
