@@ -22,7 +22,9 @@ Default run (about two minutes on two cores; the full matrix about five):
 * D=16 (every kernel of ``llama4_chunked``, bf16), fp32 (llama forward, D=32, no wgmma needed)
   and sm_80 (llama forward, bf16 and fp16, D=64, no wgmma);
 * sm_90 without TMA (``ATTNGEN_TMA=0``, the fallback to pointer loads): llama's training kernels
-  at D=64, with wgmma.
+  at D=64, with wgmma;
+* tile-shaped reads of 16-bit, 64-bit and bool params (`_gather`'s inline PTX; t5_bias in the
+  sweep covers 32-bit): an inline spec's forward and decode kernels, bf16, D=64.
 
 ``ATTNGEN_FULL_MATRIX=1`` runs the sweep for ``--dtype bf16,fp16`` (fp16 for every kernel of
 every example as well) and the fp32 forward at D=64 too.
@@ -47,6 +49,7 @@ pytest.importorskip("triton.backends.nvidia",
                     reason="Triton's NVIDIA backend is needed to compile for sm_80 / sm_90")
 
 from attngen.aot import expects_wgmma  # noqa: E402
+from attngen.render import render  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_PATHS = sorted((REPO / "examples").glob("*.attn"))
@@ -61,6 +64,9 @@ SWEEP = ("--arch", "90", "--dtype", ",".join(SWEEP_DTYPES),
 # fp32 (ieee dot products, no tensor cores) compiles slowly, about twice as long at D=64 as at 32
 FP32_DIMS = (32, 64) if FULL_MATRIX else (32,)
 INT_POW_SPEC = "attention ipow {\n    score score + 0.001 * (kv - q) ** 5\n}\n"
+GATHER_SPEC = ("attention gathers {\n    param a: f16[H, 64, 64]\n    param c: i64[64, 64]\n"
+               "    param d: bool[64, 64]\n    score score + a[h, q, kv] + 0.001 * c[q, kv]\n"
+               "    mask d[q, kv]\n}\n")
 
 LINE = re.compile(
     r"^(?P<path>\S+): (?P<kernel>\w+) (?P<dtype>bf16|fp16|fp32) D=(?P<d>\d+) sm_(?P<arch>\d+) "
@@ -92,6 +98,7 @@ def runs(tmp_path_factory, attngen_cache_dir):
     """Every compile command of this module, started together; name -> (proc, lines, seconds)."""
     tmp = tmp_path_factory.mktemp("compile")
     (tmp / "ipow.attn").write_text(INT_POW_SPEC, encoding="utf-8")
+    (tmp / "gathers.attn").write_text(GATHER_SPEC, encoding="utf-8")
     commands = {  # the slowest first
         "fp32": ("examples/llama.attn", "--arch", "90", "--dtype", "fp32", "--head-dim",
                  ",".join(map(str, FP32_DIMS)), "--kernels", "fwd"),
@@ -106,6 +113,8 @@ def runs(tmp_path_factory, attngen_cache_dir):
                 "--kernels", "fwd,bwd,decode"),
         "ipow": (str(tmp / "ipow.attn"), "--dtype", "fp16", "--head-dim", "64", "--kernels",
                  "fwd", "--resources"),
+        "gathers": (str(tmp / "gathers.attn"), "--dtype", "bf16", "--head-dim", "64",
+                    "--kernels", "fwd,decode"),
         # register pressure of the kernels the benchmarks time (causal, D=128, bf16)
         "spills": ("examples/llama.attn", "--dtype", "bf16", "--head-dim", "128", "--kernels",
                    "fwd,bwd", "--resources"),
@@ -273,6 +282,18 @@ def test_integer_power_compiles(runs):
     # --resources: ptxas's register count (a Hopper thread has at most 255) and spill bytes
     (line,) = lines
     assert 0 < int(line["regs"]) <= 255 and int(line["spills"]) >= 0
+
+
+def test_tile_shaped_reads_of_every_param_width_compile(runs):
+    proc, lines, _ = runs["gathers"]
+    assert proc.returncode == 0, _log(proc)
+    assert sorted(ln["kernel"] for ln in lines) == sorted(
+        ["gathers_fwd", "gathers_decode_kernel", "_gathers_decode_combine"])
+    (attention,) = attngen.parse_and_check(GATHER_SPEC)
+    source = render(attention)
+    # every read goes through _gather, none through a tl.load that Triton would pipeline
+    assert set(re.findall(r"_gather\(\s*p_(\w+)", source)) == set("acd")
+    assert not re.findall(r"tl\.load\(\s*p_[acd]\b", source)
 
 
 def test_spills_stay_where_they_were_measured(runs):
