@@ -289,19 +289,23 @@ def unparse(e: Expr) -> str:
     raise TypeError(f"not an expression node: {e!r}")
 
 
+def children(e: Expr) -> tuple:
+    """The direct subexpressions of a node."""
+    if isinstance(e, Unary):
+        return (e.operand,)
+    if isinstance(e, Binary):
+        return (e.left, e.right)
+    if isinstance(e, Compare):
+        return e.operands
+    if isinstance(e, Call):
+        return e.args
+    if isinstance(e, Index):
+        return e.indices
+    return ()
+
+
 def walk(e: Expr):
     """Every node of an expression, parents before children."""
     yield e
-    children: tuple = ()
-    if isinstance(e, Unary):
-        children = (e.operand,)
-    elif isinstance(e, Binary):
-        children = (e.left, e.right)
-    elif isinstance(e, Compare):
-        children = e.operands
-    elif isinstance(e, Call):
-        children = e.args
-    elif isinstance(e, Index):
-        children = e.indices
-    for child in children:
+    for child in children(e):
         yield from walk(child)

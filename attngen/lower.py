@@ -24,6 +24,9 @@ NAMES = {"score": "s", "q": "q_pos[:, None]", "kv": "kv_pos[None, :]", "b": "off
          "h": "off_h", "hkv": "off_hkv", "q_len": "q_len", "kv_len": "kv_len"}
 # The dK/dV kernel holds tiles transposed: keys along rows, queries along columns.
 NAMES_TRANSPOSED = {**NAMES, "q": "q_pos[None, :]", "kv": "kv_pos[:, None]"}
+# A param read once per diagonal of a dQ tile (see GradTerm.diagonal_offset): a query position
+# and a vector of key positions, one per diagonal
+NAMES_DIAGONAL = {**NAMES, "q": "diag_q", "kv": "diag_kv"}
 DIM_SIZES = {"B": "batch", "H": "heads_q", "HKV": "heads_kv", "Q": "q_len", "KV": "kv_len"}
 # Index expressions known to lie inside a dimension, so their loads need no bounds mask.
 _IN_RANGE = {("b", "B"), ("h", "H"), ("hkv", "HKV"), ("hkv", "H")}
@@ -63,6 +66,11 @@ class GradTerm:
     offset: str  # Triton: flat element offset into the contiguous param
     valid: str | None  # Triton: in-bounds check, None when provably in range
     varying: bool  # the offset differs across the tile (needs atomics), else one per program
+    # the offset and its check at (diag_q, diag_kv) when the read depends on q and kv only
+    # through kv - q (a relative position): constant along a tile's diagonals, so the dQ kernel
+    # sums each diagonal and adds it with one atomic; None otherwise
+    diagonal_offset: str | None = None
+    diagonal_valid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -348,21 +356,37 @@ def _is_name(e: ir.Expr, name: str) -> bool:
     return isinstance(e, ir.Name) and e.id == name
 
 
+def reads_only_the_difference(e: ir.Expr) -> bool:
+    """e reads q and kv only as ``kv - q`` or ``q - kv``, and not the score: e is constant
+    along the diagonals of a tile. (Conservative: ``kv + 1 - q`` does not count.)"""
+    if isinstance(e, ir.Binary) and e.op == "-" and \
+            {getattr(e.left, "id", None), getattr(e.right, "id", None)} == {"q", "kv"}:
+        return True
+    if isinstance(e, ir.Name):
+        return e.id not in ("q", "kv", "score")
+    return all(reads_only_the_difference(c) for c in ir.children(e))
+
+
 def _grad_terms(attention: ir.Attention, lowerer: Lowerer) -> tuple[GradTerm, ...]:
     grad_params = {p.name for p in attention.params if p.grad}
+    diagonal = Lowerer(attention, NAMES_DIAGONAL)
     terms = []
     for slot, node in enumerate(derive.param_occurrences(attention.score, grad_params)):
         deriv = derive.derivative(attention.score, lambda n, node=node: n is node)
+        diagonal_parts = (None, None)
         if isinstance(node, ir.Index):
             param = attention.param(node.param)
-            offset, valid = lowerer.index_parts(node, contiguous_strides(param.dims))
+            strides = contiguous_strides(param.dims)
+            offset, valid = lowerer.index_parts(node, strides)
             varying = any(_is_name(n, "q") or _is_name(n, "kv") or _is_name(n, "score")
                           for i in node.indices for n in ir.walk(i))
+            if varying and all(reads_only_the_difference(i) for i in node.indices):
+                diagonal_parts = diagonal.index_parts(node, strides)
             name = node.param
         else:
             offset, valid, varying, name = "0", None, False, node.id
         terms.append(GradTerm(name, slot, lowerer.cast(deriv, FLOAT), ir.unparse(deriv),
-                              ir.unparse(node), offset, valid, varying))
+                              ir.unparse(node), offset, valid, varying, *diagonal_parts))
     return tuple(terms)
 
 

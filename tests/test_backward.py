@@ -246,14 +246,30 @@ def test_frozen_grad_params_with_a_block_mask(monkeypatch):
 # a clamped relative bias on 16x16 tiles: most tiles read one bucket at run time (one atomic of
 # the tile's sum), the tiles near the diagonal several (one atomic per element); causal, padding
 # rows and q_len != kv_len put masked elements into both kinds
+# (the index reads q and kv only as kv - q: the other tiles add one atomic per diagonal; 32x16
+# tiles wrap each row around the tile's width up to twice)
 RELATIVE = ("attention rel {{ param t: f32[H, 9] grad  score score + t[h, clamp(kv - q + 4, 0, 8)]"
-            "  {mask} blocks fwd(m=16, n=16), bwd(m=16, n=16) }}")
+            "  {mask} blocks fwd(m=16, n=16), bwd(m={m}, n=16) }}")
 
 
-@pytest.mark.parametrize("mask", ["mask causal", ""])
+@pytest.mark.parametrize("mask, m", [("mask causal", 16), ("", 16), ("mask causal", 32)])
 @pytest.mark.parametrize("M, N", [(17, 113), (113, 70), (1, 3)])
-def test_relative_bias_gradient_on_tiles_of_one_bucket(mask, M, N):
-    _check(_op(RELATIVE.format(mask=mask)), 2, 4, 2, M, N, 16, seed=3)
+def test_relative_bias_gradient_on_tiles_of_one_bucket(mask, m, M, N):
+    _check(_op(RELATIVE.format(mask=mask, m=m)), 2, 4, 2, M, N, 16, seed=3)
+
+
+@pytest.mark.parametrize("index, diagonal", [
+    ("clamp(kv - q + 4, 0, 8)", True), ("abs(q - kv)", True),
+    ("kv + 1 - q", False), ("clamp(kv, 0, 8)", False), ("clamp(kv - q + floor(score), 0, 8)", False)])
+def test_relative_reads_are_summed_by_diagonal(index, diagonal):
+    """Only reads that see q and kv as kv - q (or q - kv), and not the score, take the dQ
+    kernel's per-diagonal sums."""
+    from attngen.lower import lower
+
+    (attention,) = attngen.parse_and_check(
+        f"attention d {{ param t: f32[9] grad  score score + t[{index}] }}")
+    (term,) = lower(attention).grad_terms
+    assert term.varying and (term.diagonal_offset is not None) == diagonal
 
 
 def test_params_without_grad_are_constants():
