@@ -347,7 +347,8 @@ def test_names_the_generated_module_needs_are_refused(text):
 
 @pytest.mark.parametrize("tma", ["1", "0"])
 def test_gradients_with_and_without_tma(tma, monkeypatch):
-    """dQ (K and V) and dK/dV (Q and dO) read through TMA descriptors and through pointers
+    """dQ (K and V, and its own Q and dO) and dK/dV (Q and dO) read through TMA descriptors and
+    through pointers
     (ATTNGEN_TMA=0): both match the reference, with GQA, ragged lengths (q_len > kv_len too), a
     padded head dim (48 -> 64), a window with sinks (a gap) and an ALiBi-like head bias; the
     launches really took the path asked for."""

@@ -910,8 +910,8 @@ def test_tma_descriptors_only_for_tensors_tma_can_describe(monkeypatch):
 
 @pytest.mark.parametrize("tma", ["1", "0"])
 def test_forward_matches_with_and_without_tma(tma, monkeypatch):
-    """The forward with K and V read through TMA descriptors and through pointers (ATTNGEN_TMA=0)
-    both match the reference: GQA, ragged lengths, a window and sinks (PARTIAL and FULL tiles,
+    """The forward with Q, K and V read through TMA descriptors and through pointers
+    (ATTNGEN_TMA=0) both match the reference: GQA, ragged lengths, a window and sinks (PARTIAL and FULL tiles,
     a gap), D padded (48 -> 64); the launch really took the path asked for."""
     monkeypatch.setenv("ATTNGEN_TMA", tma)
     op = inline("attention tma_probe { mask causal & window(40, 0) | kv < 4 }")
@@ -924,3 +924,21 @@ def test_forward_matches_with_and_without_tma(tma, monkeypatch):
         q, k, v = make_qkv(2, 4, 2, m, n, 48, torch.float32, seed=m)
         check_op(op, q, k, v)
     assert launched == [tma == "1"] * 2
+
+
+def test_a_query_tma_cannot_describe_sends_the_forward_to_pointer_loads(monkeypatch):
+    """Q, K and V go through TMA together or not at all: a query whose base is 4 bytes past a
+    16-byte boundary (K and V aligned) launches the pointer-load forward, which matches the
+    reference; the same values, aligned, launch the TMA one."""
+    op = inline("attention tma_query { mask causal }")
+    launched = []
+    real = op.module._launch
+    monkeypatch.setattr(op.module, "_launch",
+                        lambda kernel, grid, args, flags, trace: launched.append(flags["TMA"])
+                        or real(kernel, grid, args, flags, trace))
+    q, k, v = make_qkv(1, 2, 2, 17, 17, 64, torch.float32, seed=5)
+    shifted = torch.empty(q.numel() + 1)[1:].view_as(q).copy_(q)
+    assert runtime.tma_descriptors(shifted) is None and runtime.tma_descriptors(k, v) is not None
+    check_op(op, shifted, k, v)
+    check_op(op, q, k, v)
+    assert launched == [False, True]
