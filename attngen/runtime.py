@@ -605,13 +605,15 @@ def length_bucket(n: int) -> int:
     return 1 << max(4, (max(n, 1) - 1).bit_length())
 
 
-# TMA (Hopper's tensor memory accelerator) loads of the tiles a kernel streams: the forward's
-# and dQ's K and V, dK/dV's Q and dO. Host-side descriptors over [B, H, N, D], whose box is the
-# launched config's tile (tma_block_shapes, the pre-hook of every config of these kernels): the
-# descriptor argument's name -> the block along its rows. Timed on an H200 (benchmarks/ab.py,
-# results 2026-11-30-h200-tma.md): forward causal 8k 1.19 -> 1.03 ms, full 4k 1.14 -> 1.03 ms at
-# the best config; descriptors built on the device per program cost more than they saved on
-# short tiles.
+# TMA (Hopper's tensor memory accelerator) loads of the tiles a kernel streams (the forward's
+# and dQ's K and V, dK/dV's Q and dO) and of the forward's own query tile and dQ's own query and
+# dO tiles. Host-side descriptors over [B, H, N, D], whose box is the launched config's tile
+# (tma_block_shapes, the pre-hook of every config of these kernels): the descriptor argument's
+# name -> the block along its rows. Timed on an H200 (benchmarks/ab.py, results
+# 2026-11-30-h200-tma.md): forward causal 8k 1.19 -> 1.03 ms, full 4k 1.14 -> 1.03 ms at the best
+# config; descriptors built on the device per program cost more than they saved on short tiles.
+# The query tiles (2026-12-01-h200-q-tma.md): up to 9% off the forward (8 documents), 1-5% off
+# dQ on short sequences, nothing either way at 8k.
 TMA_BOXES = {"KDesc": "BLOCK_N", "VDesc": "BLOCK_N", "QDesc": "BLOCK_M", "DODesc": "BLOCK_M"}
 
 
@@ -633,7 +635,8 @@ def tma_descriptors(*tensors: torch.Tensor) -> tuple | None:
     multiple of 16 bytes, a last dim not contiguous, a stride of 0 (an expanded dim) or of 2**40
     bytes or more. A size-1 dim's stride is never used and is described as the dense one. CPU
     tensors (the interpreter) get descriptors too, so the CPU tests run the same loads as Hopper.
-    About 8 us for two tensors on a 2-core CI machine: no dataclass checks, no import per call."""
+    About 3 us for one tensor and 2 us per further one on a 2-core CI machine (a training step
+    builds 9: forward 3, dK/dV 2, dQ 4): no dataclass checks, no import per call."""
     if os.environ.get("ATTNGEN_TMA") == "0":
         return None
     first = tensors[0]
@@ -656,6 +659,16 @@ def tma_descriptors(*tensors: torch.Tensor) -> tuple | None:
                           padding="zero")
         descriptors.append(d)
     return tuple(descriptors)
+
+
+def dense_gradient(grad_out: torch.Tensor) -> torch.Tensor:
+    """The output's gradient as the backward reads it: unit-stride rows, and no expanded dim (the
+    gradient of ``out.sum(2)`` has stride 0 along the queries, which TMA cannot describe: one
+    copy keeps the backward's tiles on TMA). Anything else is read in place."""
+    if grad_out.stride(-1) != 1 or any(s == 0 and n > 1 for n, s in zip(grad_out.shape,
+                                                                         grad_out.stride())):
+        return grad_out.contiguous()
+    return grad_out
 
 
 def _tma_box(meta: dict, name: str) -> list[int]:

@@ -186,13 +186,13 @@ def _documents(params, shapes):
 #                        `decided` with the ranges and leave it unused)
 #   EVEN_D               HEAD_DIM == BLOCK_D: loads need no head-dim mask
 #   TMA                  Q, K and V are read through TMA descriptors QDesc of [B, Hq, M, D] and
-#                        KDesc, VDesc of [B, Hkv, N, D] (runtime.tma_descriptors: Hopper and later,
-#                        16-byte aligned strides): boxes of [1, 1, BLOCK_M or BLOCK_N, BLOCK_D],
-#                        zero-filled out of bounds, no masks or address math; otherwise the three
-#                        are None (so a launch's autotune key, which lists the arguments' dtypes,
-#                        is the same either way). The query tile comes straight into shared
-#                        memory (pointer loads pass it through registers first): 2-9% off short
-#                        programs (windows, documents, N = 1k) on an H200
+#                        KDesc, VDesc of [B, Hkv, N, D] (runtime.tma_descriptors: Hopper (sm_90),
+#                        16-byte aligned strides; all three or none): boxes of [1, 1, BLOCK_M or
+#                        BLOCK_N, BLOCK_D], zero-filled out of bounds, no masks or address math;
+#                        otherwise the three are None (so a launch's autotune key, which lists the
+#                        arguments' dtypes, is the same either way). The query tile comes straight
+#                        into shared memory (pointer loads pass it through registers first): up to
+#                        9% off short programs (8 documents), 4-5% off a window, on an H200
 #   PRECISION            tl.dot input precision ("ieee" for fp32 inputs)
 # Scores run in fp32 in the log2 domain (exp2); the online softmax keeps a row max m_i and sum l_i.
 # [Note] fully masked rows: while a row's max is -inf, exponents use 0 as the shift, so every
@@ -733,8 +733,8 @@ def block_mask(batch, heads, q_len, kv_len, *, heads_kv=None, block=None, device
 # dK/dV the transposed ones (query blocks per key block, SparseCols).
 # TMA (as in the forward): dK/dV reads the Q and dO tiles it streams through the descriptors
 # QDesc, DODesc (boxes [1, 1, BLOCK_M, BLOCK_D]), dQ its K and V tiles through KDesc, VDesc and its
-# own Q and dO tiles through QDesc, DODesc (straight into shared memory; H200: dQ 2-5% faster on
-# short sequences, unchanged at 8k; dK/dV's own K and V the same way cost it 1-6% at 4-8k).
+# own Q and dO tiles through QDesc, DODesc (straight into shared memory; H200: dQ up to 5% faster
+# on short sequences, unchanged at 8k; dK/dV's own K and V the same way cost it 1-6% at 4-8k).
 # [Note] fully masked rows have Lse = -inf: Lse2 holds 0 instead, so every P of the row is
 # exp2(-inf) = 0 (its scores are masked) and the row contributes no gradient.
 
@@ -1774,7 +1774,7 @@ def _launch_bwd(
     the dQ kernel without their terms runs, where the spec has any); sparse: a block mask's
     lists (key blocks per query block, query blocks per key block) of block sizes `block`."""
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    grad_out = runtime.dense_gradient(grad_out)
     grad_rows = runtime.cdiv(shapes.q_len, 16)  # partial-sum rows per (batch, head): BLOCK_M >= 16
     buffers = []
     for name, varying in GRAD_TERMS if param_grads else ():

@@ -345,6 +345,26 @@ def test_names_the_generated_module_needs_are_refused(text):
         attngen.parse_and_check(text)
 
 
+def test_an_expanded_output_gradient_keeps_the_backward_on_tma(monkeypatch):
+    """The gradient of out.sum(2) is expanded (stride 0 along the queries), which TMA cannot
+    describe: the backward reads a dense copy, so dK/dV and dQ still launch with TMA, and the
+    gradients match the reference's."""
+    op = _op("attention tma_sum { mask causal }")
+    launched = []
+    real = op.module._launch
+    monkeypatch.setattr(op.module, "_launch",
+                        lambda kernel, grid, args, flags, trace: launched.append(flags["TMA"])
+                        or real(kernel, grid, args, flags, trace))
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 33, 64, generator=gen, requires_grad=True) for _ in range(3))
+    grads = torch.autograd.grad(op(q, k, v).sum(2).pow(2).sum(), (q, k, v))
+    golden = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    expected = torch.autograd.grad(op.reference(*golden).sum(2).pow(2).sum(), golden)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
+    assert launched == [True] * 3  # forward, dK/dV, dQ
+
+
 @pytest.mark.parametrize("tma", ["1", "0"])
 def test_gradients_with_and_without_tma(tma, monkeypatch):
     """dQ (K and V, and its own Q and dO) and dK/dV (Q and dO) read through TMA descriptors and
