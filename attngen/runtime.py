@@ -923,6 +923,8 @@ def _arg_index(kernel) -> dict[str, int]:
 # machine's CPU (results 2026-11-30-h200-host.md): run's binder (~40 native specialisations),
 # its cache key and checks were ~60 of the ~80 us of host time per launch.
 FAST_LAUNCH = os.environ.get("ATTNGEN_FAST_LAUNCH", "1") != "0"
+# plans call the C launcher behind triton's (_Direct); ATTNGEN_DIRECT_LAUNCH=0: its Python wrapper
+DIRECT_LAUNCH = os.environ.get("ATTNGEN_DIRECT_LAUNCH", "1") != "0"
 _PLAN_LIMIT = 64  # call keys kept per kernel, oldest dropped first
 
 
@@ -939,6 +941,90 @@ class _Plan:
     meta: dict
     tune_key: tuple | None  # None: a kernel with one config, or not autotuned
     config: Any
+    direct: _Direct | None = None  # the launcher's C entry point, where it can be called
+
+
+@dataclass(frozen=True)
+class _Direct:
+    """How to call the C function behind triton 3.6's CUDA launcher (``CudaLauncher.launch``)
+    for one plan, skipping its Python wrappers: ``CudaLauncher.__call__`` (scratch buffers: none
+    for these kernels) and the loop over every argument that expands TMA descriptors
+    (``wrap_handle_tensordesc``). Tensor arguments (``pointers``, their positions) go as their
+    addresses, which the C launcher takes as they are instead of calling ``data_ptr`` and
+    ``cuPointerGetAttribute`` (the op checked their device before); each descriptor
+    (``descriptors``: position, swizzle, element size, CUDA dtype, box) is filled here as
+    triton's ``make_tensordesc_arg`` fills it."""
+
+    launch: Any
+    cooperative: bool
+    pdl: bool
+    pointers: tuple
+    descriptors: tuple
+    fill: Any
+
+
+def _direct_launch(launcher: Any, args: Sequence, tail: tuple, fill: Any = None) -> _Direct | None:
+    """A plan's ``_Direct`` from its compiled kernel's launcher (``compiled.run``) and the
+    arguments of the launch that made the plan, or None where the launcher is not triton 3.6's
+    ``CudaLauncher`` as known (another triton, scratch buffers, a descriptor lowered to
+    pointers): the plan then calls the launcher itself. ``fill``: ``fill_tma_descriptor`` (the
+    active driver's by default)."""
+    try:
+        from triton.backends.nvidia.driver import TMA_DTYPE_DEVICE_TO_HOST, _BASE_ARGS_FORMAT_LEN
+    except ImportError:
+        return None
+    launch = getattr(launcher, "launch", None)
+    if _BASE_ARGS_FORMAT_LEN != 13 or launch is None \
+            or getattr(launcher, "global_scratch_size", 1) or getattr(launcher, "profile_scratch_size", 1):
+        return None
+    descriptors = ()
+    code = getattr(launch, "__code__", None)
+    if code is not None:  # wrap_handle_tensordesc's `inner`, over the C launch
+        cells = dict(zip(code.co_freevars, (c.cell_contents for c in launch.__closure__ or ())))
+        if not {"launcher", "tensordesc_indices", "tensordesc_meta"} <= set(cells):
+            return None
+        launch, indices, metas = cells["launcher"], cells["tensordesc_indices"], cells["tensordesc_meta"]
+        indices = sorted(indices)
+        if not metas or len(metas) != len(indices) or any(
+                m is None or m.get("fp4_padded") for m in metas):
+            return None
+        descriptors = tuple((i, m["swizzle"], m["elem_size"], TMA_DTYPE_DEVICE_TO_HOST[m["elem_type"]],
+                             m["block_size"]) for i, m in zip(indices, metas))
+    elif not callable(launch):
+        return None
+    full = (*args, *tail)
+    if any(i >= len(full) or type(full[i]) is not _descriptor_type() for i, *_ in descriptors):
+        return None
+    if fill is None:
+        from triton.runtime import driver
+
+        fill = driver.active.utils.fill_tma_descriptor
+    pointers = tuple(i for i, a in enumerate(full) if isinstance(a, torch.Tensor))
+    return _Direct(launch, bool(launcher.launch_cooperative_grid), bool(launcher.launch_pdl),
+                   pointers, descriptors, fill)
+
+
+def _launch_direct(direct: _Direct, grid: Sequence, stream: int, plan: _Plan, metadata, enter,
+                   leave, args: Sequence) -> None:
+    """``plan``'s launch through ``direct`` (see ``_Direct``): the C launcher's arguments as
+    ``CudaLauncher.__call__`` and ``wrap_handle_tensordesc`` would pass them."""
+    full = [*args, *plan.tail]
+    for i in direct.pointers:
+        full[i] = full[i].data_ptr()
+    out = [grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
+           plan.function, direct.cooperative, direct.pdl, None, None, plan.packed_metadata,
+           metadata, enter, leave]
+    start = 0
+    for i, swizzle, size, dtype, box in direct.descriptors:
+        out += full[start:i]
+        d = full[i]
+        out.append(direct.fill(d.base.data_ptr(), swizzle, size, dtype, box, d.shape, d.strides,
+                               1 if d.padding == "nan" else 0))
+        out += d.shape
+        out += d.strides
+        start = i + 1
+    out += full[start:]
+    direct.launch(*out)
 
 
 def _descriptor_type():
@@ -1016,16 +1102,27 @@ def tuned_config(kernel, args: Sequence, flags: dict):
     return kernel.configs[0] if key is None else kernel.cache.get(key)
 
 
-def _current_device() -> int:
-    from triton.runtime import driver
+_KNOBS = _DRIVER = None  # triton.knobs, triton.runtime.driver: imported on first use
 
-    return driver.active.get_current_device()
+
+def _triton_runtime():
+    """(triton.knobs, triton.runtime.driver), imported once (an import statement costs about a
+    microsecond per launch on the GPU machines' CPUs)."""
+    global _KNOBS, _DRIVER
+    if _KNOBS is None:
+        from triton import knobs
+        from triton.runtime import driver
+
+        _KNOBS, _DRIVER = knobs, driver
+    return _KNOBS, _DRIVER
+
+
+def _current_device() -> int:
+    return _triton_runtime()[1].active.get_current_device()
 
 
 def _current_stream(device: int):
-    from triton.runtime import driver
-
-    return driver.active.get_current_stream(device)
+    return _triton_runtime()[1].active.get_current_stream(device)
 
 
 def _plans(kernel) -> dict:
@@ -1050,8 +1147,7 @@ def launch(kernel, grid, args: list, flags: dict) -> None:
     A grid function gets the flags and the config's values (as every generated grid reads)."""
     fast = FAST_LAUNCH and _plans_allowed()
     if fast:
-        from triton import knobs
-
+        knobs = _triton_runtime()[0]
         device, arg_key = _current_device(), _call_key(args)
         key = (device, knobs.runtime.debug, knobs.compilation.instrumentation_mode,
                *flags.values(), *_by_value(kernel, args), arg_key)
@@ -1084,7 +1180,8 @@ def launch(kernel, grid, args: list, flags: dict) -> None:
         params = jit.params[len(args):]
         tail = tuple(meta[p.name] if p.name in meta else p.default for p in params)
         plans[key] = _Plan(compiled.run, compiled.function, compiled.packed_metadata, compiled,
-                           tail, meta, tune_key, config)
+                           tail, meta, tune_key, config,
+                           _direct_launch(compiled.run, args, tail) if DIRECT_LAUNCH else None)
 
 
 def _still_chosen(kernel, plan: _Plan) -> bool:
@@ -1109,8 +1206,7 @@ def _hooked(hook) -> bool:
 
 def _run_plan(kernel, plan: _Plan, grid, args: Sequence, device: int) -> None:
     """Launch a plan's compiled kernel (what ``JITFunction.run`` ends with)."""
-    from triton import knobs
-
+    knobs = _triton_runtime()[0]
     stream = _current_stream(device)
     grid = grid(plan.meta) if callable(grid) else grid
     enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
@@ -1120,6 +1216,9 @@ def _run_plan(kernel, plan: _Plan, grid, args: Sequence, device: int) -> None:
         metadata = enter = leave = None
     if plan.config is not None:
         kernel.best_config = plan.config  # as the autotuner's run sets it
+    if plan.direct is not None:
+        _launch_direct(plan.direct, grid, stream, plan, metadata, enter, leave, args)
+        return
     plan.launcher(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
                   stream, plan.function, plan.packed_metadata, metadata, enter, leave, *args,
                   *plan.tail)
@@ -1139,8 +1238,12 @@ def on_first_tensors_device(fn):
 
     @functools.wraps(fn)
     def wrapper(first, *args, **kwargs):
-        with on_device(first.device):
-            return fn(first, *args, **kwargs)
+        device = first.device
+        if device.type == "cuda" and device.index is not None \
+                and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):
+                return fn(first, *args, **kwargs)
+        return fn(first, *args, **kwargs)  # (no context to enter: part of every launch's host time)
 
     return wrapper
 
@@ -1148,9 +1251,15 @@ def on_first_tensors_device(fn):
 def seed_tuning(kernel, spec_hash: str, device_index: int) -> None:
     """Before a kernel's first launch on a device: its configs from the tuning tables (loaded
     on a GPU's first launch only: CPU-only use never imports them)."""
-    from . import tuning
+    global _TUNING
+    if _TUNING is None:
+        from . import tuning
 
-    tuning.seed(kernel, spec_hash, device_index)
+        _TUNING = tuning
+    _TUNING.seed(kernel, spec_hash, device_index)
+
+
+_TUNING = None  # attngen.tuning, imported on a GPU's first launch
 
 
 def registered_op(qualified: str):

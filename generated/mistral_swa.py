@@ -2265,6 +2265,7 @@ class _EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, scale, sparse, block_rows, block_keys, *params):
+        ctx.set_materialize_grads(False)  # an unused lse's gradient stays None: no zeros to fill
         output = _attention_fwd(q, k, v, scale, list(params), sparse, block_rows, block_keys)
         _setup_context(ctx, (q, k, v, scale, params, sparse, block_rows, block_keys), output)
         return output

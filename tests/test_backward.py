@@ -165,6 +165,29 @@ def test_llama4_chunked_fp16_gradients_close_to_reference():
         assert err <= 5e-3 * max(golden[name].abs().max().item(), 1.0), (name, err)
 
 
+def test_gradients_of_the_lse_alone_and_of_the_output_alone():
+    """A loss that reads only the lse (or only the output) leaves the other output's gradient
+    undefined: autograd passes None (not a tensor of zeros) and the backward takes it as 0."""
+    op = _op("packed_docs")
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 4, 37, 16, generator=gen) for _ in range(3))
+    params = random_params(op.spec, 2, 4, 4, 37, 37, "cpu", gen)
+    weights = torch.randn(2, 4, 37, generator=gen)
+    for use in ("lse", "out"):
+        grads = {}
+        for golden in (False, True):
+            cast = torch.float64 if golden else q.dtype
+            leaves = [x.detach().to(cast).requires_grad_() for x in (q, k, v)]
+            out, lse = (op.reference if golden else op)(*leaves, return_lse=True, **params)
+            loss = (lse * weights.to(cast)).sum() if use == "lse" else (out ** 2).sum()
+            grads[golden] = torch.autograd.grad(loss, leaves, allow_unused=True)
+        for got, want, leaf in zip(grads[False], grads[True], (q, k, v)):
+            # (the lse does not read v: the reference leaves dv undefined, the kernels give 0)
+            want = torch.zeros_like(leaf, dtype=torch.float64) if want is None else want
+            err = (got.double() - want).abs().max().item()
+            assert err <= 1e-4 * max(want.abs().max().item(), 1.0), (use, err)
+
+
 def test_fully_masked_rows_have_zero_gradients_and_no_nan():
     op = _op("attention m { mask kv < 0 | q < 5 }")  # rows at positions >= 5 see nothing
     q, k, v = (torch.randn(1, 2, 9, 16, requires_grad=True) for _ in range(3))

@@ -257,3 +257,55 @@ def test_no_plans_when_turned_off_interpreting_or_on_rocm(on_gpu, monkeypatch):
     for _ in range(2):
         runtime.launch(jit, (1,), [x, 16], {"BLOCK": 8})
     assert _kinds(log) == ["run"] * 6
+
+
+def _c_launcher(calls, metas, **attrs):
+    """Triton 3.6's CudaLauncher as _direct_launch reads it: its launch (the descriptor wrapper
+    over the C launcher, here a recorder) and scratch/launch attributes."""
+    from types import SimpleNamespace
+
+    from triton.backends.nvidia import driver as nv
+
+    signature = {"X": "*fp16", "XDesc": "tensordesc<fp16[1,1,32,64]>", "n": "i32", "Y": "*fp32",
+                 "YDesc": "tensordesc<fp16[1,1,16,64]>", "s": "fp32", "FLAG": "constexpr"}
+    fields = dict(launch=nv.wrap_handle_tensordesc(lambda *a: calls.append(a), signature, metas),
+                  global_scratch_size=0, profile_scratch_size=0, launch_cooperative_grid=False,
+                  launch_pdl=True)
+    return SimpleNamespace(**{**fields, **attrs})
+
+
+def test_direct_launch_gives_the_c_launcher_what_triton_would(monkeypatch):
+    """A plan's _Direct calls the C launcher with the arguments triton's own wrapper
+    (wrap_handle_tensordesc, make_tensordesc_arg) gives it, tensors as their addresses, and
+    declines a launcher it does not know how to call."""
+    from types import SimpleNamespace
+
+    import triton.runtime
+
+    fill = lambda *a: ("filled", *a)  # noqa: E731  (the CUtensorMap triton's driver would fill)
+    monkeypatch.setattr(triton.runtime.driver, "_active",
+                        SimpleNamespace(utils=SimpleNamespace(fill_tma_descriptor=fill)))
+    metas = [dict(swizzle=128, elem_size=2, elem_type=6, block_size=[1, 1, 32, 64],
+                  fp4_padded=False),
+             dict(swizzle=64, elem_size=2, elem_type=10, block_size=[1, 1, 16, 64],
+                  fp4_padded=False)]
+    calls = []
+    launcher = _c_launcher(calls, metas)
+    x, y = torch.zeros(1, 2, 48, 64, dtype=torch.float16), torch.zeros(2, 3, 40, 64, dtype=torch.float16)
+    x_desc, y_desc = runtime.tma_descriptors(x, y)
+    args, tail = [x, x_desc, 17, y[0, 0], y_desc, 0.5], (True,)
+    direct = runtime._direct_launch(launcher, args, tail, fill)
+    assert direct is not None and direct.pointers == (0, 3)
+    plan = runtime._Plan(launcher, "fn", "packed", None, tail, {}, None, None, direct)
+    launcher.launch(3, 2, 1, 7, "fn", False, True, None, None, "packed", None, None, None, *args,
+                    *tail)  # triton's path
+    runtime._launch_direct(direct, (3, 2), 7, plan, None, None, None, args)
+    theirs, ours = calls
+    assert ours == tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in theirs)
+    assert ours[14][0] == "filled" and ours[14][5] == [1, 1, 32, 64]  # the compiled kernel's box
+
+    assert runtime._direct_launch(_c_launcher([], metas, global_scratch_size=64), args, tail,
+                                  fill) is None  # scratch buffers: the launcher allocates them
+    assert runtime._direct_launch(_c_launcher([], [None, None]), args, tail,
+                                  fill) is None  # descriptors lowered to pointers
+    assert runtime._direct_launch(SimpleNamespace(), args, tail, fill) is None
