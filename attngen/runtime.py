@@ -1238,12 +1238,8 @@ def on_first_tensors_device(fn):
 
     @functools.wraps(fn)
     def wrapper(first, *args, **kwargs):
-        device = first.device
-        if device.type == "cuda" and device.index is not None \
-                and device.index != torch.cuda.current_device():
-            with torch.cuda.device(device):
-                return fn(first, *args, **kwargs)
-        return fn(first, *args, **kwargs)  # (no context to enter: part of every launch's host time)
+        with on_device(first.device):
+            return fn(first, *args, **kwargs)
 
     return wrapper
 

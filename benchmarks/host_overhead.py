@@ -1,7 +1,8 @@
 """Host time per eager call (Python, checks, dispatch, launches) of a decode step and a small
-forward, on a GPU, and where it goes (cProfile of the decode step or of the training step).
+forward, on a GPU, and where it goes (cProfile of the decode step or of the training step; or,
+with --pieces, each layer of an 8-document forward's launch timed alone in a tight loop).
 
-    python benchmarks/host_overhead.py [--top 30] [--profile decode|train]
+    python benchmarks/host_overhead.py [--top 30] [--profile decode|train] [--pieces]
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--profile", choices=("decode", "train"), default="decode",
                         help="the call to profile: a decode step, or forward + backward (8 docs)")
+    parser.add_argument("--pieces", action="store_true",
+                        help="time the layers of one forward launch alone, then stop")
     args = parser.parse_args()
+    if args.pieces:
+        pieces()
+        return
     op = attngen.load(EXAMPLES / "llama.attn")
     dt = torch.bfloat16
     q = torch.randn(8, 32, 1, 128, device="cuda", dtype=dt)
@@ -93,6 +99,43 @@ def main() -> None:
     stats = pstats.Stats(profile)
     stats.sort_stats("cumulative").print_stats(args.top)
     stats.sort_stats("tottime").print_stats(args.top)
+
+
+def pieces() -> None:
+    """Each layer of an 8-document forward call (B=1 H=2 N=128 D=128), from the op down to the
+    launcher, timed alone: the GPU work is tiny, so every loop is host-bound."""
+    from attngen import runtime
+
+    op = attngen.load(EXAMPLES / "packed_docs.attn")
+    m = op.module
+    q, k, v = (torch.randn(1, 2, 128, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    ids = ((torch.arange(128, device="cuda") * 8) // 128).to(torch.int32).expand(1, 128).contiguous()
+    params = {"doc": ids}
+    shapes, tensors = m._prepare(q, k, v, params)
+    launched = []
+    launch = runtime.launch
+    runtime.launch = lambda *a: launched.append(a) or launch(*a)  # the forward's arguments
+    try:
+        op(q, k, v, doc=ids)
+        op(q, k, v, doc=ids)  # the second launch goes through a plan
+    finally:
+        runtime.launch = launch
+    kernel, grid, launch_args, flags = launched[-1]
+    plan = next(iter(kernel.attngen_plans.values()))
+    device = runtime._current_device()
+    cases = {
+        "op(q, k, v, doc=ids)": lambda: op(q, k, v, doc=ids),
+        "module function": lambda: m.packed_docs(q, k, v, doc=ids),
+        "_prepare (checks)": lambda: m._prepare(q, k, v, params),
+        "_attention_fwd": lambda: m._attention_fwd(q, k, v, 0.1, list(tensors.values()), [], 0, 0),
+        "_launch_fwd": lambda: m._launch_fwd(q, k, v, 0.1, tensors, shapes),
+        "runtime.launch": lambda: runtime.launch(kernel, grid, launch_args, flags),
+        "runtime._call_key": lambda: runtime._call_key(launch_args),
+        "runtime._run_plan": lambda: runtime._run_plan(kernel, plan, grid, launch_args, device),
+        "tma_descriptors(q, k, v)": lambda: runtime.tma_descriptors(q, k, v),
+    }
+    for name, fn in cases.items():
+        print(f"{name:26} {per_call_us(fn, 2000):8.2f} us per call", flush=True)
 
 
 if __name__ == "__main__":

@@ -501,8 +501,9 @@ def test_broadcast_kv_with_zero_strides():
     ("llama", "fp32", 0.3), ("alibi", "fp32", 2.0), ("t5_bias", "fp16", 1.7),
     ("gemma2_local", "fp32", 9.0),  # scores well past +-50: the soft cap bites
     ("encoder", "fp32", 0.0),       # uniform weights
-    ("llama", "fp16", 0.0),         # uniform over the kept keys: FULL tiles fold the scale into
-])                                  # the exponent (0 * the row max), PARTIAL ones mask after it
+    ("llama", "fp16", 0.0),         # uniform over the kept keys: the tile loop masks raw scores
+    ("packed_docs", "fp32", 0.0),   # (-inf), so a scale of 0 turns SCORE_IS_IDENTITY off (no NaN)
+])
 def test_custom_scale(name, dtype_name, scale):
     d = 256 if name == "gemma2_local" else 64
     m, n, hq, hkv = 17, 40, 4, 2
