@@ -498,6 +498,9 @@ def sparse_flags(block: Sequence[int]) -> dict:
                 SPARSE_N=block[1] if block else 16)
 
 
+FP32_TINY = 1.1754943508222875e-38  # the smallest normal float32: below it a scale is 0 on the GPU
+
+
 def check_scale(scale: Any) -> float:
     """The softmax scale as a float: a finite number >= 0 (0 gives uniform weights)."""
     number = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
@@ -1000,8 +1003,11 @@ def _direct_launch(launcher: Any, args: Sequence, tail: tuple, fill: Any = None)
 
         fill = driver.active.utils.fill_tma_descriptor
     pointers = tuple(i for i, a in enumerate(full) if isinstance(a, torch.Tensor))
-    return _Direct(launch, bool(launcher.launch_cooperative_grid), bool(launcher.launch_pdl),
-                   pointers, descriptors, fill)
+    cooperative = getattr(launcher, "launch_cooperative_grid", None)
+    pdl = getattr(launcher, "launch_pdl", None)
+    if cooperative is None or pdl is None:
+        return None
+    return _Direct(launch, bool(cooperative), bool(pdl), pointers, descriptors, fill)
 
 
 def _launch_direct(direct: _Direct, grid: Sequence, stream: int, plan: _Plan, metadata, enter,
@@ -1102,19 +1108,19 @@ def tuned_config(kernel, args: Sequence, flags: dict):
     return kernel.configs[0] if key is None else kernel.cache.get(key)
 
 
-_KNOBS = _DRIVER = None  # triton.knobs, triton.runtime.driver: imported on first use
+_TRITON_RUNTIME = None  # (triton.knobs, triton.runtime.driver): imported on first use
 
 
 def _triton_runtime():
     """(triton.knobs, triton.runtime.driver), imported once (an import statement costs about a
     microsecond per launch on the GPU machines' CPUs)."""
-    global _KNOBS, _DRIVER
-    if _KNOBS is None:
+    global _TRITON_RUNTIME
+    if _TRITON_RUNTIME is None:
         from triton import knobs
         from triton.runtime import driver
 
-        _KNOBS, _DRIVER = knobs, driver
-    return _KNOBS, _DRIVER
+        _TRITON_RUNTIME = (knobs, driver)
+    return _TRITON_RUNTIME
 
 
 def _current_device() -> int:

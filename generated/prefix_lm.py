@@ -184,7 +184,10 @@ def _documents(params, shapes):
 #                        keeps exactly the keys [run_lo, run_hi) of that run, so its PARTIAL tiles
 #                        test keys against the run and the rest of the mask instead of reading
 #                        ids (the dQ kernel too; decode and the block-mask kernels compute
-#                        `decided` with the ranges and leave it unused)
+#                        `decided` with the ranges and leave it unused). The one-loop forward of a
+#                        plain score passes DECIDED=False and tests `decided` at run time instead
+#   MIXED                (_fwd_tiles, the plain score's forward) one loop over PARTIAL and FULL
+#                        tiles: a tile is PARTIAL unless [full_lo, full_hi) holds it
 #   EVEN_D               HEAD_DIM == BLOCK_D: loads need no head-dim mask
 #   TMA                  Q, K and V are read through TMA descriptors QDesc of [B, Hq, M, D] and
 #                        KDesc, VDesc of [B, Hkv, N, D] (runtime.tma_descriptors: Hopper (sm_90),
@@ -1841,7 +1844,9 @@ def _launch_fwd(q, k, v, scale, params, shapes, sparse=(), block=(), trace=None)
         **runtime.sparse_flags(block),
         TMA=descriptors is not None,
     )
-    if scale == 0:  # every score is 0: the plain score's loop masks raw scores, and -inf * 0 is NaN
+    # a scale that is 0 in fp32 (as the kernel gets it): the plain score's loop masks raw scores
+    # with -inf, and -inf * 0 would be NaN
+    if scale * LOG2E.value < runtime.FP32_TINY:
         flags["SCORE_IS_IDENTITY"] = False
     _launch(prefix_lm_fwd, grid, args, flags, trace)
     return out, lse

@@ -515,6 +515,20 @@ def test_custom_scale(name, dtype_name, scale):
     assert max_rel_error(gold, default) > 1e-3  # the scale changed the result
 
 
+@pytest.mark.parametrize("scale, plain", [(0.0, False), (1e-40, False), (1e-30, True), (0.125, True)])
+def test_a_scale_that_is_zero_in_fp32_turns_the_plain_score_off(scale, plain, monkeypatch):
+    """The plain score's one tile loop masks raw scores with -inf before the scale: a scale the
+    GPU sees as 0 (fp32: below the smallest normal) launches the kernel's scaled path instead,
+    where -inf * 0 cannot happen (the interpreter computes in float64, so only the flag shows)."""
+    module = example("llama").module
+    launched = []
+    monkeypatch.setattr(module, "_launch", lambda kernel, grid, args, flags, trace:
+                        launched.append(flags))
+    q, k, v = make_qkv(1, 2, 2, 5, 5, 16, torch.float32, seed=0)
+    module._launch_fwd(q, k, v, scale, {}, module._shapes_of(q, k))
+    assert launched[0]["SCORE_IS_IDENTITY"] is plain
+
+
 @pytest.mark.parametrize("name, dtype_name", [
     ("llama", "fp32"), ("alibi", "fp32"), ("gemma2_local", "fp32"), ("llama", "fp16"),
 ])
