@@ -85,8 +85,10 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "has_mask": low.mask is not None,
         "score_is_identity": low.score_is_identity,
         # the forward's tile loop: one loop over PARTIAL and FULL tiles where the score is plain
-        # (8 documents 8% faster on an H200), the PARTIAL and FULL loops otherwise (one loop made
-        # the score hooks' forwards 4-19% slower: ALiBi, the T5 table)
+        # (8 documents 8% faster on an H200), the PARTIAL and FULL loops otherwise: with a score
+        # hook the mask's branch sits between the scaled score and the exponent, so ptxas cannot
+        # fuse them into FMAs (sm_90 SASS of the T5 loop: 64 more FADD, 64 fewer FFMA per thread
+        # and tile) and the forwards ran 4-19% slower (ALiBi, the T5 table)
         "one_loop": low.score_is_identity,
         "key_range": sparsity.key_range,
         "query_range": sparsity.query_range,
