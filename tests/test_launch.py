@@ -309,3 +309,23 @@ def test_direct_launch_gives_the_c_launcher_what_triton_would(monkeypatch):
     assert runtime._direct_launch(_c_launcher([], [None, None]), args, tail,
                                   fill) is None  # descriptors lowered to pointers
     assert runtime._direct_launch(SimpleNamespace(), args, tail, fill) is None
+
+
+def test_direct_launch_of_a_kernel_without_descriptors():
+    """Without descriptor arguments triton's launcher is the C function itself (no wrapper):
+    the plan calls it with the base arguments and the kernel's, tensors as addresses."""
+    import functools
+    from types import SimpleNamespace
+
+    calls = []
+    c_launch = functools.partial(lambda *a: calls.append(a))  # a callable without Python code
+    launcher = SimpleNamespace(launch=c_launch, global_scratch_size=0, profile_scratch_size=0,
+                               launch_cooperative_grid=True, launch_pdl=False)
+    x = torch.zeros(8)
+    args, tail = [x, 3, None, 0.5], (64,)
+    direct = runtime._direct_launch(launcher, args, tail, fill=lambda *a: None)
+    assert direct is not None and direct.pointers == (0,) and direct.descriptors == ()
+    plan = runtime._Plan(launcher, "fn", "packed", None, tail, {}, None, None, direct)
+    runtime._launch_direct(direct, (5,), 9, plan, None, None, None, args)
+    assert calls == [(5, 1, 1, 9, "fn", True, False, None, None, "packed", None, None, None,
+                      x.data_ptr(), 3, None, 0.5, 64)]
