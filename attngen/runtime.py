@@ -977,8 +977,8 @@ def _direct_launch(launcher: Any, args: Sequence, tail: tuple, fill: Any = None)
     except ImportError:
         return None
     launch = getattr(launcher, "launch", None)
-    if _BASE_ARGS_FORMAT_LEN != 13 or launch is None \
-            or getattr(launcher, "global_scratch_size", 1) or getattr(launcher, "profile_scratch_size", 1):
+    scratch = getattr(launcher, "global_scratch_size", 1), getattr(launcher, "profile_scratch_size", 1)
+    if _BASE_ARGS_FORMAT_LEN != 13 or launch is None or any(scratch):
         return None
     descriptors = ()
     code = getattr(launch, "__code__", None)
@@ -999,9 +999,7 @@ def _direct_launch(launcher: Any, args: Sequence, tail: tuple, fill: Any = None)
     if any(i >= len(full) or type(full[i]) is not _descriptor_type() for i, *_ in descriptors):
         return None
     if fill is None:
-        from triton.runtime import driver
-
-        fill = driver.active.utils.fill_tma_descriptor
+        fill = _triton_runtime()[1].active.utils.fill_tma_descriptor
     pointers = tuple(i for i, a in enumerate(full) if isinstance(a, torch.Tensor))
     cooperative = getattr(launcher, "launch_cooperative_grid", None)
     pdl = getattr(launcher, "launch_pdl", None)
@@ -1010,16 +1008,15 @@ def _direct_launch(launcher: Any, args: Sequence, tail: tuple, fill: Any = None)
     return _Direct(launch, bool(cooperative), bool(pdl), pointers, descriptors, fill)
 
 
-def _launch_direct(direct: _Direct, grid: Sequence, stream: int, plan: _Plan, metadata, enter,
-                   leave, args: Sequence) -> None:
+def _launch_direct(direct: _Direct, grid: tuple[int, int, int], stream: int, plan: _Plan,
+                   metadata, enter, leave, args: Sequence) -> None:
     """``plan``'s launch through ``direct`` (see ``_Direct``): the C launcher's arguments as
     ``CudaLauncher.__call__`` and ``wrap_handle_tensordesc`` would pass them."""
     full = [*args, *plan.tail]
     for i in direct.pointers:
         full[i] = full[i].data_ptr()
-    out = [grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
-           plan.function, direct.cooperative, direct.pdl, None, None, plan.packed_metadata,
-           metadata, enter, leave]
+    out = [*grid, stream, plan.function, direct.cooperative, direct.pdl, None, None,
+           plan.packed_metadata, metadata, enter, leave]
     start = 0
     for i, swizzle, size, dtype, box in direct.descriptors:
         out += full[start:i]
@@ -1215,6 +1212,7 @@ def _run_plan(kernel, plan: _Plan, grid, args: Sequence, device: int) -> None:
     knobs = _triton_runtime()[0]
     stream = _current_stream(device)
     grid = grid(plan.meta) if callable(grid) else grid
+    dims = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
     enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
     if _hooked(enter) or _hooked(leave):  # a profiler's hooks (proton): as run passes them
         metadata = plan.compiled.launch_metadata(grid, stream, *args, *plan.tail)
@@ -1223,11 +1221,10 @@ def _run_plan(kernel, plan: _Plan, grid, args: Sequence, device: int) -> None:
     if plan.config is not None:
         kernel.best_config = plan.config  # as the autotuner's run sets it
     if plan.direct is not None:
-        _launch_direct(plan.direct, grid, stream, plan, metadata, enter, leave, args)
+        _launch_direct(plan.direct, dims, stream, plan, metadata, enter, leave, args)
         return
-    plan.launcher(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
-                  stream, plan.function, plan.packed_metadata, metadata, enter, leave, *args,
-                  *plan.tail)
+    plan.launcher(*dims, stream, plan.function, plan.packed_metadata, metadata, enter, leave,
+                  *args, *plan.tail)
 
 
 def on_device(device: torch.device):
@@ -1250,6 +1247,9 @@ def on_first_tensors_device(fn):
     return wrapper
 
 
+_TUNING = None  # attngen.tuning, imported on a GPU's first launch
+
+
 def seed_tuning(kernel, spec_hash: str, device_index: int) -> None:
     """Before a kernel's first launch on a device: its configs from the tuning tables (loaded
     on a GPU's first launch only: CPU-only use never imports them)."""
@@ -1259,9 +1259,6 @@ def seed_tuning(kernel, spec_hash: str, device_index: int) -> None:
 
         _TUNING = tuning
     _TUNING.seed(kernel, spec_hash, device_index)
-
-
-_TUNING = None  # attngen.tuning, imported on a GPU's first launch
 
 
 def registered_op(qualified: str):

@@ -299,7 +299,7 @@ def test_direct_launch_gives_the_c_launcher_what_triton_would(monkeypatch):
     plan = runtime._Plan(launcher, "fn", "packed", None, tail, {}, None, None, direct)
     launcher.launch(3, 2, 1, 7, "fn", False, True, None, None, "packed", None, None, None, *args,
                     *tail)  # triton's path
-    runtime._launch_direct(direct, (3, 2), 7, plan, None, None, None, args)
+    runtime._launch_direct(direct, (3, 2, 1), 7, plan, None, None, None, args)
     theirs, ours = calls
     assert ours == tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in theirs)
     assert ours[14][0] == "filled" and ours[14][5] == [1, 1, 32, 64]  # the compiled kernel's box
@@ -326,6 +326,6 @@ def test_direct_launch_of_a_kernel_without_descriptors():
     direct = runtime._direct_launch(launcher, args, tail, fill=lambda *a: None)
     assert direct is not None and direct.pointers == (0,) and direct.descriptors == ()
     plan = runtime._Plan(launcher, "fn", "packed", None, tail, {}, None, None, direct)
-    runtime._launch_direct(direct, (5,), 9, plan, None, None, None, args)
+    runtime._launch_direct(direct, (5, 1, 1), 9, plan, None, None, None, args)
     assert calls == [(5, 1, 1, 9, "fn", True, False, None, None, "packed", None, None, None,
                       x.data_ptr(), 3, None, 0.5, 64)]
