@@ -9,8 +9,11 @@ the machine's mood.
     python benchmarks/ab.py --spec examples/llama.attn --kernel llama_bwd_dkdv \
         --configs 64,64,4,2 32,64,4,2 --shape 2,16,8192,128 /tmp/a.py /tmp/b.py
 
-Configs are BLOCK_M,BLOCK_N,num_warps,num_stages (one that does not fit reports nan). The first
-pair runs again at the end: the difference between its two timings is the noise floor of the run.
+Configs are BLOCK_M,BLOCK_N,num_warps,num_stages[,maxnreg] (one that does not fit reports nan;
+maxnreg caps the registers per thread, e.g. to fit more programs per SM). With --rounds R the
+pairs are timed R times in turn (A B A B ...) and each reports its median and range: a drift of
+the GPU's clock over the run lands on every pair alike. With one round, the first pair runs
+again at the end: the difference between its two timings is the noise floor of the run.
 Each pair also reports its error against the spec's float64 reference over the eager reference's
 in the same dtype (at the shape's batch and heads, length 1000): above ~1.1 the pair is wrong.
 (From the launch plans of commit aac9310 until runtime._still_chosen, a variant's later configs
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import sys
 from pathlib import Path
 
@@ -48,9 +52,9 @@ def kernel_ms(module, kernel: str, config: tuple, op, shape, backward: bool,
     (forward, and backward when `kernel` is a backward one), from the profiler, and the call's
     median ms (do_bench)."""
     autotuner = getattr(module, kernel)
-    m, n, warps, stages = config
+    m, n, warps, stages, *maxnreg = config
     autotuner.configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps,
-                                       num_stages=stages,
+                                       num_stages=stages, maxnreg=(maxnreg or [None])[0],
                                        pre_hook=autotuner.configs[0].pre_hook)]
     autotuner.cache.clear()
     q, k, v, params = inputs(op, *shape)
@@ -105,9 +109,12 @@ def main() -> None:
     parser.add_argument("variants", nargs="+", help="edited copies of the spec's generated module")
     parser.add_argument("--spec", required=True, help="the spec the variants were generated from")
     parser.add_argument("--kernel", required=True, help="e.g. llama_fwd, llama_bwd_dkdv")
-    parser.add_argument("--configs", nargs="+", required=True, help="m,n,warps,stages ...")
+    parser.add_argument("--configs", nargs="+", required=True,
+                        help="m,n,warps,stages[,maxnreg] ...")
     parser.add_argument("--shape", default="2,16,8192,128", help="B,H,N,D or B,H,N,D,Hkv")
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1, help="time every pair this many times, "
+                        "in turn, and report medians")
     args = parser.parse_args()
     shape = parse_shape(args.shape)
     configs = [tuple(int(x) for x in c.split(",")) for c in args.configs]
@@ -115,22 +122,33 @@ def main() -> None:
     backward = "_bwd_" in args.kernel
     modules = {path: load_variant(path) for path in args.variants}
 
-    def timed(path, config):
+    def timed(path, config, check=True):
         try:
             times = kernel_ms(modules[path], args.kernel, config, op, shape, backward, args.iters)
-            return (*times, error_ratio(modules[path], op, shape, backward))
+            return (*times, error_ratio(modules[path], op, shape, backward) if check else None)
         except Exception as err:  # e.g. out of shared memory: the other configs still run
             print(f"{path} {config}: {type(err).__name__}: {str(err)[:200]}", flush=True)
             return (float("nan"),) * 4
 
-    rows = [(path, c, timed(path, c)) for path in args.variants for c in configs]
-    again = timed(rows[0][0], rows[0][1])
-    print(f"{args.kernel} B,H,N,D[,Hkv]={args.shape} ({torch.cuda.get_device_name()})")
-    print("| variant | config (m, n, warps, stages) | kernel ms | all kernels ms | call ms "
-          "| error / eager's |\n|---|---|---|---|---|---|")
-    for path, config, (ms, total, wall, err) in rows:
-        print(f"| {path} | {config} | {ms:.4f} | {total:.4f} | {wall:.4f} | {err:.2f} |")
-    print(f"noise: first pair again {again[0]:.4f} ms ({rows[0][2][0]:.4f} first)")
+    pairs = [(path, c) for path in args.variants for c in configs]
+    runs = {pair: [timed(*pair)] for pair in pairs}
+    for _ in range(args.rounds - 1):
+        for pair in pairs:
+            runs[pair].append(timed(*pair, check=False))
+    if args.rounds == 1:
+        again = timed(*pairs[0], check=False)
+    print(f"{args.kernel} B,H,N,D[,Hkv]={args.shape} ({torch.cuda.get_device_name()}), "
+          f"{args.rounds} round(s)")
+    print("| variant | config (m, n, warps, stages[, maxnreg]) | kernel ms | range | all kernels ms "
+          "| call ms | error / eager's |\n|---|---|---|---|---|---|---|")
+    for pair in pairs:
+        times = runs[pair]
+        ms, total, wall = (statistics.median(t[i] for t in times) for i in range(3))
+        spread = f"{min(t[0] for t in times):.4f}-{max(t[0] for t in times):.4f}"
+        print(f"| {pair[0]} | {pair[1]} | {ms:.4f} | {spread} | {total:.4f} | {wall:.4f} "
+              f"| {times[0][3]:.2f} |")
+    if args.rounds == 1:
+        print(f"noise: first pair again {again[0]:.4f} ms ({runs[pairs[0]][0][0]:.4f} first)")
 
 
 if __name__ == "__main__":
