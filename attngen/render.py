@@ -91,6 +91,7 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         # and tile) and the forwards ran 4-19% slower (ALiBi, the T5 table)
         "one_loop": low.score_is_identity,
         "key_range": sparsity.key_range,
+        "row_runs": sparsity.row_runs,
         "query_range": sparsity.query_range,
         "documents": sparsity.documents,
         "fwd_fixed": _knobs(attention.blocks, "fwd", as_list=False),

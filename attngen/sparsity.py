@@ -88,12 +88,15 @@ class Sparsity:
     query_range: str  # the same (query positions) per key tile, for the dK/dV kernel
     documents: tuple[str, ...]  # params whose runs the kernels read (`doc_runs_T`, `doc_sorted_T`)
     # top-level conjuncts of the mask that key_range may decide for a whole query tile, by their
-    # index in the conjunction: a document whose ids are sorted and whose run holds every query
-    # of the tile keeps exactly the keys of that run. key_range then sets `decided` (a scalar:
-    # all of them are) and the run [run_lo, run_hi) to test keys against instead of reading ids
-    # (forward and dQ; the same in dK/dV, with query_range, doubled its spills and ran 18-21%
-    # slower on an H200)
+    # index in the conjunction: a document whose ids are sorted (in this batch row) keeps, for
+    # query q, exactly the keys of q's run. key_range then sets `decided` (a scalar: every such
+    # table is sorted) and row_runs the runs of the tile's rows, so PARTIAL tiles test keys
+    # against them instead of reading ids (forward and dQ; the same in dK/dV, with query_range,
+    # doubled its spills and ran 18-21% slower on an H200)
     decided: tuple[int, ...]
+    # statements setting run_lo, run_hi: per query row (positions q_pos, a vector in the kernel),
+    # the run of equal ids holding it in every decided table (their intersection); "" when none
+    row_runs: str
     # the mask less the decided conjuncts (what a decided tile still tests; `true` when nothing is
     # left), None when none is decided
     undecided: ir.Expr | None
@@ -171,7 +174,7 @@ class _Analysis:
         self.lines: list[str] = []
         self.documents: list[str] = []
         self.top: ir.Expr | None = None  # the top-level conjunct being analysed
-        self.decided: list[tuple[int, str, str, str]] = []  # (conjunct index, when, run lo, hi)
+        self.decided: list[tuple[int, str, str]] = []  # (conjunct index, when, table)
         self.index = -1
         self.exact = True
         self._temps = 0
@@ -310,8 +313,8 @@ class _Analysis:
         start = self.temp(f"tl.load({runs} + tl.maximum({first}, 0))", "doc_start")
         end_first = self.temp(f"tl.load({runs} + runs_len + tl.maximum({first}, 0))", "doc_end")
         end_last = self.temp(f"tl.load({runs} + runs_len + tl.maximum({last}, 0))", "doc_end")
-        if e is self.top:  # the tile's outer positions in one run: it keeps exactly that run
-            self.decided.append((self.index, f"{ok_lo} & ({end_first} > {last})", start, end_first))
+        if e is self.top:  # sorted ids: each outer position keeps exactly its own run
+            self.decided.append((self.index, ok_lo, table))
         return Range(lo=f"tl.where({ok_lo}, {start}, -{BIG})",
                      hi=f"tl.where({ok}, {end_last}, {BIG})", full_lo=start,
                      full_hi=f"tl.where({ok} & ({end_first} > {last}), {end_first}, -{BIG})")
@@ -417,14 +420,25 @@ class _Analysis:
             self.lines += ["# not every part of the mask has a closed form: no FULL tiles",
                            "full_hi = -BIG"]
         if self.decided and self.view is FORWARD:
-            run_lo, run_hi = self.decided[0][2], self.decided[0][3]
-            for _, _, start, end in self.decided[1:]:
-                run_lo, run_hi = f"tl.maximum({run_lo}, {start})", f"tl.minimum({run_hi}, {end})"
-            self.lines += ["# the tile's queries in one run of each document: PARTIAL tiles test",
-                           "# keys against the run instead of reading their ids",
-                           "decided = " + " & ".join(f"({d})" for _, d, _, _ in self.decided),
-                           f"run_lo = {run_lo}", f"run_hi = {run_hi}"]
+            self.lines += ["# sorted ids in each document: PARTIAL tiles test keys against the",
+                           "# runs of their queries (row_runs) instead of reading ids",
+                           "decided = " + " & ".join(f"({d})" for _, d, _ in self.decided)]
         return "\n".join(self.lines)
+
+    def row_runs(self) -> str:
+        """Statements setting run_lo, run_hi [BLOCK_M]: each query row's run in every decided
+        table (rows outside [0, runs_len) read a clamped position: decided excludes negative
+        ones, and rows past the queries are padding)."""
+        if not self.decided:
+            return ""
+        lines = ["q_rows = tl.minimum(tl.maximum(q_pos, 0), runs_len - 1)"]
+        for i, (_, _, table) in enumerate(self.decided):
+            runs = f"doc_runs_{table} + off_b * 2 * runs_len + q_rows"
+            lo, hi = f"tl.load({runs})", f"tl.load({runs} + runs_len)"
+            if i:
+                lo, hi = f"tl.maximum(run_lo, {lo})", f"tl.minimum(run_hi, {hi})"
+            lines += [f"run_lo = {lo}", f"run_hi = {hi}"]
+        return "\n".join(lines)
 
 
 def _conjuncts(e: ir.Expr):
@@ -445,5 +459,5 @@ def analyse(attention: ir.Attention) -> Sparsity:
         rest = [c for i, c in enumerate(_conjuncts(attention.mask)) if i not in decided]
         undecided = functools.reduce(lambda a, b: ir.Binary("&", a, b, ty="bool"), rest) \
             if rest else ir.BoolLit(True, ty="bool")
-    return Sparsity(key_range, query_range, tuple(forward.documents), decided, undecided,
-                    forward.exact and transposed.exact)
+    return Sparsity(key_range, query_range, tuple(forward.documents), decided, forward.row_runs(),
+                    undecided, forward.exact and transposed.exact)

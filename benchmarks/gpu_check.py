@@ -580,6 +580,22 @@ def _decode_numerics_d128() -> tuple[int, list[dict]]:
 DECODE_NUMERICS_SPECS = ["llama", "alibi", "mistral_swa", "gemma2_local"]
 
 
+def _pad_kv(spec, params: dict, capacity: int) -> dict:
+    """Params declared over KV (document ids), edge-padded to a paged cache's capacity (its
+    pages x page size, past the contiguous cache's): positions past every kv_len, never read."""
+    padded = dict(params)
+    for p in spec.params:
+        t = padded.get(p.name)
+        if t is None or "KV" not in p.dims:
+            continue
+        axis = p.dims.index("KV")
+        extra = capacity - t.shape[axis]
+        if extra > 0:
+            edge = t.narrow(axis, t.shape[axis] - 1, 1)
+            padded[p.name] = torch.cat([t, edge.repeat_interleave(extra, dim=axis)], dim=axis)
+    return padded
+
+
 def decode_numerics(out_dir: Path, specs: list[str], head_dims: list[int], gqa=((8, 2),),
                     name: str = "decode-numerics.json") -> list[dict]:
     """bf16 decode out and LSE against the spec's float64 reference (FlexAttention's rule, as
@@ -620,9 +636,11 @@ def decode_numerics(out_dir: Path, specs: list[str], head_dims: list[int], gqa=(
                     for paged in (False, True):
                         args = (q, kp, vp) if paged else (q, k, v)
                         try:
+                            call_params = _pad_kv(op.spec, params, table.shape[1] * page) \
+                                if paged else params
                             out, lse = op.decode(*args, kv_len=kv_len,
                                                  page_table=table if paged else None,
-                                                 return_lse=True, **params)
+                                                 return_lse=True, **call_params)
                             for what, got, g, e in (("out", out, gold[0], eager[0]),
                                                     ("lse", lse, gold[1], eager[1])):
                                 err, ref_err = mean_abs_error(got, g), mean_abs_error(e, g)

@@ -178,13 +178,15 @@ def _documents(params, shapes):
 # [lo, hi) are EMPTY for every query of the tile (skipped: no loads, no math), keys inside
 # [full_lo, full_hi) are kept for all of them (FULL tiles: no mask math, no bounds checks), the
 # rest are PARTIAL. Document masks read per-position runs of equal ids (doc_runs_*, O(N)).
-#   DECIDED              (specs whose mask has a document as a top-level conjunct) this program's
-#                        query tile lies in one run of sorted ids (`decided`, from the ranges): it
-#                        keeps exactly the keys [run_lo, run_hi) of that run, so its PARTIAL tiles
-#                        test keys against the run and the rest of the mask instead of reading
-#                        ids (the dQ kernel too; decode and the block-mask kernels compute
-#                        `decided` with the ranges and leave it unused). The one-loop forward of a
-#                        plain score passes DECIDED=False and tests `decided` at run time instead
+#   DECIDED              (specs whose mask has a document as a top-level conjunct) the ids of
+#                        this program's batch row never decrease (`decided`, from the ranges):
+#                        each query keeps exactly the keys of its own run, [run_lo, run_hi) per
+#                        row (row_runs, loaded once per program), so PARTIAL tiles test keys
+#                        against their queries' runs and the rest of the mask instead of reading
+#                        ids, also where a tile spans documents (the dQ kernel too; decode and the
+#                        block-mask kernels compute `decided` with the ranges and leave it
+#                        unused). The one-loop forward of a plain score passes DECIDED=False and
+#                        tests `decided` at run time instead
 #   MIXED                (_fwd_tiles, the plain score's forward) one loop over PARTIAL and FULL
 #                        tiles: a tile is PARTIAL unless [full_lo, full_hi) holds it
 #   EVEN_D               HEAD_DIM == BLOCK_D: loads need no head-dim mask

@@ -256,13 +256,15 @@ def _documents(params, shapes):
 # [lo, hi) are EMPTY for every query of the tile (skipped: no loads, no math), keys inside
 # [full_lo, full_hi) are kept for all of them (FULL tiles: no mask math, no bounds checks), the
 # rest are PARTIAL. Document masks read per-position runs of equal ids (doc_runs_*, O(N)).
-#   DECIDED              (specs whose mask has a document as a top-level conjunct) this program's
-#                        query tile lies in one run of sorted ids (`decided`, from the ranges): it
-#                        keeps exactly the keys [run_lo, run_hi) of that run, so its PARTIAL tiles
-#                        test keys against the run and the rest of the mask instead of reading
-#                        ids (the dQ kernel too; decode and the block-mask kernels compute
-#                        `decided` with the ranges and leave it unused). The one-loop forward of a
-#                        plain score passes DECIDED=False and tests `decided` at run time instead
+#   DECIDED              (specs whose mask has a document as a top-level conjunct) the ids of
+#                        this program's batch row never decrease (`decided`, from the ranges):
+#                        each query keeps exactly the keys of its own run, [run_lo, run_hi) per
+#                        row (row_runs, loaded once per program), so PARTIAL tiles test keys
+#                        against their queries' runs and the rest of the mask instead of reading
+#                        ids, also where a tile spans documents (the dQ kernel too; decode and the
+#                        block-mask kernels compute `decided` with the ranges and leave it
+#                        unused). The one-loop forward of a plain score passes DECIDED=False and
+#                        tests `decided` at run time instead
 #   MIXED                (_fwd_tiles, the plain score's forward) one loop over PARTIAL and FULL
 #                        tiles: a tile is PARTIAL unless [full_lo, full_hi) holds it
 #   EVEN_D               HEAD_DIM == BLOCK_D: loads need no head-dim mask
@@ -466,10 +468,12 @@ def _packed_docs_fwd_tiles(
                 keep = tl.broadcast_to(
                     n_valid[None, :], (q.shape[0], BLOCK_N)
                 )  # (a runtime if's shape)
-                if HAS_MASK:  # in_one_run: the document conjuncts are the run [run_lo, run_hi)
+                if HAS_MASK:  # in_one_run: documents by the rows' runs [run_lo, run_hi)
                     if in_one_run:
-                        in_run = (kv_pos >= run_lo) & (kv_pos < run_hi)
-                        keep = keep & in_run[None, :] & (kv_pos[None, :] <= q_pos[:, None])
+                        in_run = (kv_pos[None, :] >= run_lo[:, None]) & (
+                            kv_pos[None, :] < run_hi[:, None]
+                        )
+                        keep = keep & in_run & (kv_pos[None, :] <= q_pos[:, None])
                     else:
                         keep = keep & (
                             (kv_pos[None, :] <= q_pos[:, None])
@@ -500,10 +504,12 @@ def _packed_docs_fwd_tiles(
                 keep = tl.broadcast_to(
                     n_valid[None, :], (q.shape[0], BLOCK_N)
                 )  # (a runtime if's shape)
-                if HAS_MASK:  # in_one_run: the document conjuncts are the run [run_lo, run_hi)
+                if HAS_MASK:  # in_one_run: documents by the rows' runs [run_lo, run_hi)
                     if in_one_run:
-                        in_run = (kv_pos >= run_lo) & (kv_pos < run_hi)
-                        keep = keep & in_run[None, :] & (kv_pos[None, :] <= q_pos[:, None])
+                        in_run = (kv_pos[None, :] >= run_lo[:, None]) & (
+                            kv_pos[None, :] < run_hi[:, None]
+                        )
+                        keep = keep & in_run & (kv_pos[None, :] <= q_pos[:, None])
                     else:
                         keep = keep & (
                             (kv_pos[None, :] <= q_pos[:, None])
@@ -661,11 +667,12 @@ def packed_docs_fwd(
         full_lo = tl.maximum(full_lo, doc_start3)
         full_hi = tl.minimum(full_hi, tl.where(doc_ok2 & (doc_end4 > last_q), doc_end4, -BIG))
         hi = tl.minimum(hi, tl.where(doc_ok2, doc_end5, BIG))
-        # the tile's queries in one run of each document: PARTIAL tiles test
-        # keys against the run instead of reading their ids
-        decided = doc_ok2 & (doc_end4 > last_q)
-        run_lo = doc_start3
-        run_hi = doc_end4
+        # sorted ids in each document: PARTIAL tiles test keys against the
+        # runs of their queries (row_runs) instead of reading ids
+        decided = doc_ok2
+        q_rows = tl.minimum(tl.maximum(q_pos, 0), runs_len - 1)
+        run_lo = tl.load(doc_runs_doc + off_b * 2 * runs_len + q_rows)
+        run_hi = tl.load(doc_runs_doc + off_b * 2 * runs_len + q_rows + runs_len)
         partial, end_a, end_b, at_a, at_b, at_c, full_lo, full_hi = _tile_runs(
             lo, full_lo, full_hi, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N
         )
@@ -869,11 +876,9 @@ def _packed_docs_block_classes(
     full_lo = tl.maximum(full_lo, doc_start3)
     full_hi = tl.minimum(full_hi, tl.where(doc_ok2 & (doc_end4 > last_q), doc_end4, -BIG))
     hi = tl.minimum(hi, tl.where(doc_ok2, doc_end5, BIG))
-    # the tile's queries in one run of each document: PARTIAL tiles test
-    # keys against the run instead of reading their ids
-    decided = doc_ok2 & (doc_end4 > last_q)
-    run_lo = doc_start3
-    run_hi = doc_end4
+    # sorted ids in each document: PARTIAL tiles test keys against the
+    # runs of their queries (row_runs) instead of reading ids
+    decided = doc_ok2
     first_kv = pid_n * SPARSE_N
     inside = (first_kv + SPARSE_N <= kv_len) & ((pid_m + 1) * SPARSE_M <= q_len)
     end_kv = tl.minimum(first_kv + SPARSE_N, kv_len)
@@ -1493,10 +1498,12 @@ def _packed_docs_bwd_dq_tiles(
             s2 = (s) * LOG2E
         if PARTIAL:
             keep = m_valid[:, None] & n_valid[None, :]
-            if HAS_MASK:  # DECIDED: the document conjuncts are the run [run_lo, run_hi)
+            if HAS_MASK:  # DECIDED: documents by the rows' runs [run_lo, run_hi)
                 if DECIDED:
-                    in_run = (kv_pos >= run_lo) & (kv_pos < run_hi)
-                    keep = keep & in_run[None, :] & (kv_pos[None, :] <= q_pos[:, None])
+                    in_run = (kv_pos[None, :] >= run_lo[:, None]) & (
+                        kv_pos[None, :] < run_hi[:, None]
+                    )
+                    keep = keep & in_run & (kv_pos[None, :] <= q_pos[:, None])
                 else:
                     keep = keep & (
                         (kv_pos[None, :] <= q_pos[:, None])
@@ -1671,11 +1678,12 @@ def packed_docs_bwd_dq(
         full_lo = tl.maximum(full_lo, doc_start3)
         full_hi = tl.minimum(full_hi, tl.where(doc_ok2 & (doc_end4 > last_q), doc_end4, -BIG))
         hi = tl.minimum(hi, tl.where(doc_ok2, doc_end5, BIG))
-        # the tile's queries in one run of each document: PARTIAL tiles test
-        # keys against the run instead of reading their ids
-        decided = doc_ok2 & (doc_end4 > last_q)
-        run_lo = doc_start3
-        run_hi = doc_end4
+        # sorted ids in each document: PARTIAL tiles test keys against the
+        # runs of their queries (row_runs) instead of reading ids
+        decided = doc_ok2
+        q_rows = tl.minimum(tl.maximum(q_pos, 0), runs_len - 1)
+        run_lo = tl.load(doc_runs_doc + off_b * 2 * runs_len + q_rows)
+        run_hi = tl.load(doc_runs_doc + off_b * 2 * runs_len + q_rows + runs_len)
         partial, end_a, end_b, at_a, at_b, at_c, full_lo, full_hi = _tile_runs(
             lo, full_lo, full_hi, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N
         )
@@ -2001,11 +2009,9 @@ def packed_docs_decode_kernel(
     full_lo = tl.maximum(full_lo, doc_start3)
     full_hi = tl.minimum(full_hi, tl.where(doc_ok2 & (doc_end4 > last_q), doc_end4, -BIG))
     hi = tl.minimum(hi, tl.where(doc_ok2, doc_end5, BIG))
-    # the tile's queries in one run of each document: PARTIAL tiles test
-    # keys against the run instead of reading their ids
-    decided = doc_ok2 & (doc_end4 > last_q)
-    run_lo = doc_start3
-    run_hi = doc_end4
+    # sorted ids in each document: PARTIAL tiles test keys against the
+    # runs of their queries (row_runs) instead of reading ids
+    decided = doc_ok2
     below_lo, below_hi, lo = _split_at_gap(lo, hi, gap_lo, gap_hi, 0, kv_len, BLOCK_N)
     lo, full_lo, full_hi, hi = _tile_ranges(lo, full_lo, full_hi, hi, 0, kv_len, BLOCK_N)
     # this program's share of the visited tiles, numbered as one run: the tiles below a gap
@@ -2087,8 +2093,8 @@ def packed_docs_decode_kernel(
             0,
             0,
             0,
-            0,
-            0,
+            q_pos,
+            q_pos,
             False,
             PRECISION,
             SCORE_IS_IDENTITY,

@@ -45,8 +45,9 @@ SPECS = {
     "causal_chunk": "param c: i32\nmask causal & chunk(c)",
     "prefix": "param prefix: i32[B]\nmask causal | kv < prefix[b]",
     # documents with 16 x 16 tiles (the interpreter's default is 64 x 64): at the drawn lengths
-    # (up to 80) query tiles then lie inside one document, whose PARTIAL tiles the forward and
-    # dQ decide by the run (sparsity.decided), and others span documents and read ids
+    # (up to 80) query tiles lie inside one document or span several; with sorted ids the
+    # forward and dQ test their PARTIAL tiles against the queries' runs (sparsity.decided),
+    # with unsorted ids they read the ids
     "document": f"param doc: i32[B, KV]\nmask document(doc)\n{SMALL_TILES}",
     "causal_document": f"param doc: i32[B, KV]\nmask causal & document(doc)\n{SMALL_TILES}",
     "sink_window": "param wl: i32\nparam sink: i32\nmask causal & (kv < sink | q - wl <= kv)",
@@ -184,8 +185,8 @@ def test_closed_forms_are_exact(name):
     ("causal & (document(doc) | q < 4)", ()),        # not a conjunct of its own: read the ids
 ])
 def test_document_conjuncts_a_query_tile_can_decide(mask, decided):
-    """A top-level document conjunct: a query tile inside one run of sorted ids keeps exactly
-    that run, so the PARTIAL tiles of the forward and dQ test keys against the run instead of
+    """A top-level document conjunct: with sorted ids each query keeps exactly its own run, so
+    the PARTIAL tiles of the forward and dQ test keys against their queries' runs instead of
     reading ids (dK/dV reads them: its decided variant spilled and ran slower)."""
     (attention,) = attngen.parse_and_check(
         f"attention d {{\nparam doc: i32[B, KV]\nmask {mask}\n}}")
@@ -274,8 +275,8 @@ def test_unsorted_documents_stay_correct(ops):
 
 @pytest.mark.parametrize("learnt", [True, False])
 def test_decided_document_tiles_with_a_grad_param(learnt):
-    """Documents of 10, 60 and 10 tokens at 16 x 16 tiles (query tiles inside the long one are
-    decided, the others read ids) with ALiBi slopes: the dQ kernel's decided PARTIAL loop also
+    """Documents of 10, 60 and 10 tokens at 16 x 16 tiles (sorted ids: decided, the PARTIAL
+    tiles test the queries' runs) with ALiBi slopes: the dQ kernel's decided PARTIAL loop also
     accumulates the slopes' gradient (learnt), or is the frozen dQ's (fixed slopes)."""
     op = attngen.load("attention doc_slopes {\nparam doc: i32[B, KV]\nparam slopes: f32[H] grad\n"
                       "score score + slopes[h] * (kv - q)\nmask causal & document(doc)\n"
@@ -297,6 +298,29 @@ def test_decided_document_tiles_with_a_grad_param(learnt):
     for name, g, want in zip(("dq", "dk", "dv", "dslopes"), torch.autograd.grad(out, leaves, grad),
                              torch.autograd.grad(gold, golden_leaves, grad.double())):
         assert torch.allclose(g.double(), want.double(), atol=1e-4, rtol=1e-3), name
+
+
+def test_sorted_documents_are_tested_by_runs_not_ids(ops, monkeypatch):
+    """Sorted ids: every PARTIAL tile of the forward and dQ tests keys against the runs of its
+    queries, also a query tile that spans two documents (boundaries at 30 and 75 with 16-row
+    tiles). Given the runs of the true ids and other ids, out and dq are unchanged, bit for bit
+    (dK/dV reads the ids: its gradients are not compared)."""
+    op = ops["causal_document"]
+    doc = attngen.document_ids(torch.tensor([[0, 30, 75], [0, 7, 50]]), 113)
+    case = _case(113, 113, {"doc": doc})
+    check_output(op, case, backward=True)
+    q, k, v = (t.requires_grad_() for t in _inputs(case))
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(5))
+    module = op.module
+    runs = module._documents({"doc": doc}, module._shapes_of(q, k))
+    results = []
+    for ids in (doc, doc.flip(-1).contiguous()):  # the true ids, then others (never read)
+        monkeypatch.setattr(module, "_documents", lambda params, shapes: runs)
+        out = op(q, k, v, doc=ids)
+        (dq,) = torch.autograd.grad(out, (q,), grad)
+        results.append((out, dq))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
 
 
 def test_document_runs_follow_in_place_edits(ops):
