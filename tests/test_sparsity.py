@@ -323,6 +323,21 @@ def test_sorted_documents_are_tested_by_runs_not_ids(ops, monkeypatch):
     assert torch.equal(results[0][1], results[1][1])
 
 
+@pytest.mark.parametrize("second_sorted", [True, False])
+def test_two_document_tables_intersect_their_runs(second_sorted):
+    """Two document conjuncts: a query keeps the keys in both of its runs (row_runs takes their
+    intersection); with the second table unsorted no tile is decided and both read ids."""
+    op = attngen.load("attention two_docs {\nparam a: i32[B, KV]\nparam c: i32[B, KV]\n"
+                      f"mask causal & document(a) & document(c)\n{SMALL_TILES}\n}}")
+    (attention,) = attngen.parse_and_check(op.spec.source)
+    assert len(analyse(attention).decided) == 2
+    a = attngen.document_ids(torch.tensor([[0, 30, 75], [0, 7, 50]]), 113)
+    c = attngen.document_ids(torch.tensor([[0, 20, 41, 90], [0, 64, 65, 100]]), 113)
+    if not second_sorted:
+        c = c.flip(-1).contiguous()
+    check_output(op, _case(113, 113, {"a": a, "c": c}), backward=True)
+
+
 def test_document_runs_follow_in_place_edits(ops):
     """The runs are reused while the same ids tensor returns unmodified, rebuilt after an edit."""
     doc = torch.zeros(2, 160, dtype=torch.int32)  # one document: tiles below the diagonal FULL
