@@ -14,7 +14,7 @@ import black
 import jinja2
 
 from . import ir
-from .lower import Lowerer, is_tile_read, lower
+from .lower import NAMES_TRANSPOSED, Lowerer, is_tile_read, lower
 from .sparsity import analyse
 from .resources import templates_dir
 
@@ -51,6 +51,8 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
     sparsity = analyse(attention)
     # what a tile whose key range decides the document conjuncts still tests (sparsity.decided)
     mask_decided = None if sparsity.undecided is None else Lowerer(attention)(sparsity.undecided)
+    mask_decided_t = None if sparsity.undecided is None else \
+        Lowerer(attention, NAMES_TRANSPOSED)(sparsity.undecided)  # the dK/dV kernel's
     mask_names = {n.param if isinstance(n, ir.Index) else n.id for n in ir.walk(attention.mask)
                   if isinstance(n, (ir.Name, ir.Index))}
     params = [
@@ -82,6 +84,7 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "score_hook": low.score,
         "mask_hook": low.mask if low.mask is not None else "True",
         "mask_hook_decided": mask_decided,  # None: no conjunct can be decided per tile
+        "mask_hook_decided_t": mask_decided_t,
         "has_mask": low.mask is not None,
         "score_is_identity": low.score_is_identity,
         # the forward's tile loop: one loop over PARTIAL and FULL tiles where the score is plain
@@ -92,6 +95,7 @@ def render(attention: ir.Attention, source_name: str = "<spec>") -> str:
         "one_loop": low.score_is_identity,
         "key_range": sparsity.key_range,
         "row_runs": sparsity.row_runs,
+        "key_runs": sparsity.key_runs,
         "query_range": sparsity.query_range,
         "documents": sparsity.documents,
         "fwd_fixed": _knobs(attention.blocks, "fwd", as_list=False),

@@ -87,16 +87,18 @@ class Sparsity:
     # per query tile
     query_range: str  # the same (query positions) per key tile, for the dK/dV kernel
     documents: tuple[str, ...]  # params whose runs the kernels read (`doc_runs_T`, `doc_sorted_T`)
-    # top-level conjuncts of the mask that key_range may decide for a whole query tile, by their
-    # index in the conjunction: a document whose ids are sorted (in this batch row) keeps, for
-    # query q, exactly the keys of q's run. key_range then sets `decided` (a scalar: every such
-    # table is sorted) and row_runs the runs of the tile's rows, so PARTIAL tiles test keys
-    # against them instead of reading ids (forward and dQ; the same in dK/dV, with query_range,
-    # doubled its spills and ran 18-21% slower on an H200)
+    # top-level conjuncts of the mask that the kernels may decide by runs, by their index in the
+    # conjunction: a document whose ids are sorted (in this batch row) keeps, for query q,
+    # exactly the keys of q's run (and for key kv, exactly the queries of kv's run). key_range
+    # and query_range then set `decided` (a scalar: every such table is sorted) and row_runs /
+    # key_runs load the runs of the tile's queries / keys, so PARTIAL tiles test positions
+    # against them instead of reading ids (forward and dQ by the queries', dK/dV by the keys')
     decided: tuple[int, ...]
     # statements setting run_lo, run_hi: per query row (positions q_pos, a vector in the kernel),
     # the run of equal ids holding it in every decided table (their intersection); "" when none
     row_runs: str
+    # the same per key (kv_pos) for the dK/dV kernel, whose query_range sets its own `decided`
+    key_runs: str
     # the mask less the decided conjuncts (what a decided tile still tests; `true` when nothing is
     # left), None when none is decided
     undecided: ir.Expr | None
@@ -419,21 +421,26 @@ class _Analysis:
         if full_empty:
             self.lines += ["# not every part of the mask has a closed form: no FULL tiles",
                            "full_hi = -BIG"]
-        if self.decided and self.view is FORWARD:
-            self.lines += ["# sorted ids in each document: PARTIAL tiles test keys against the",
-                           "# runs of their queries (row_runs) instead of reading ids",
+        if self.decided:
+            inner, outer, runs = ("keys", "queries", "row_runs") if self.view is FORWARD \
+                else ("queries", "keys", "key_runs")
+            self.lines += [f"# sorted ids in each document: PARTIAL tiles test {inner} against the",
+                           f"# runs of their {outer} ({runs}) instead of reading ids",
                            "decided = " + " & ".join(f"({d})" for _, d, _ in self.decided)]
         return "\n".join(self.lines)
 
-    def row_runs(self) -> str:
-        """Statements setting run_lo, run_hi [BLOCK_M]: each query row's run in every decided
-        table (rows outside [0, runs_len) read a clamped position: decided excludes negative
-        ones, and rows past the queries are padding)."""
+    def runs(self) -> str:
+        """Statements setting run_lo, run_hi [the tile's outer positions, q_pos or kv_pos]:
+        each outer position's run in every decided table (positions outside [0, runs_len) read
+        a clamped one: decided excludes negative query positions, and those past the end are
+        padding)."""
         if not self.decided:
             return ""
-        lines = ["q_rows = tl.minimum(tl.maximum(q_pos, 0), runs_len - 1)"]
+        pos = "q_pos" if self.view is FORWARD else "kv_pos"
+        rows = "q_rows" if self.view is FORWARD else "kv_rows"
+        lines = [f"{rows} = tl.minimum(tl.maximum({pos}, 0), runs_len - 1)"]
         for i, (_, _, table) in enumerate(self.decided):
-            runs = f"doc_runs_{table} + off_b * 2 * runs_len + q_rows"
+            runs = f"doc_runs_{table} + off_b * 2 * runs_len + {rows}"
             lo, hi = f"tl.load({runs})", f"tl.load({runs} + runs_len)"
             if i:
                 lo, hi = f"tl.maximum(run_lo, {lo})", f"tl.minimum(run_hi, {hi})"
@@ -459,5 +466,5 @@ def analyse(attention: ir.Attention) -> Sparsity:
         rest = [c for i, c in enumerate(_conjuncts(attention.mask)) if i not in decided]
         undecided = functools.reduce(lambda a, b: ir.Binary("&", a, b, ty="bool"), rest) \
             if rest else ir.BoolLit(True, ty="bool")
-    return Sparsity(key_range, query_range, tuple(forward.documents), decided, forward.row_runs(),
-                    undecided, forward.exact and transposed.exact)
+    return Sparsity(key_range, query_range, tuple(forward.documents), decided, forward.runs(),
+                    transposed.runs(), undecided, forward.exact and transposed.exact)

@@ -7,8 +7,8 @@ and FlexAttention's forward and backward call times on the same masks (--flex).
 
 Layouts at B=2 H=16 N=8192 D=128 bf16: 8 documents of 1024 tokens (tile-aligned), the same
 shifted by 37 tokens (every boundary inside a query tile), 32 and 128 documents of random
-lengths. Fixed configs (--fwd, --dq: m,n,warps,stages) so that variants compare like for like;
-dK/dV runs its tuned config. Prints a table last.
+lengths. Fixed configs (--fwd, --dq, --dkdv: m,n,warps,stages) so that variants compare like for
+like; dK/dV runs its tuned config unless --dkdv is given. Prints a table last.
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("variants", nargs="+", help="copies of generated/packed_docs.py")
     parser.add_argument("--fwd", default="64,64,4,3", help="forward config m,n,warps,stages")
     parser.add_argument("--dq", default="64,64,4,2", help="dQ config m,n,warps,stages")
+    parser.add_argument("--dkdv", default=None,
+                        help="dK/dV config m,n,warps,stages (default: the tuned one)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flex", action="store_true", help="also time FlexAttention")
     args = parser.parse_args()
@@ -96,6 +98,8 @@ def main() -> None:
     for module in modules.values():
         fix_config(module, KERNELS[0], tuple(int(x) for x in args.fwd.split(",")))
         fix_config(module, KERNELS[1], tuple(int(x) for x in args.dq.split(",")))
+        if args.dkdv:
+            fix_config(module, KERNELS[2], tuple(int(x) for x in args.dkdv.split(",")))
     q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     d_out = torch.randn_like(q)
@@ -110,7 +114,7 @@ def main() -> None:
                 times.setdefault((name, path), []).append(kernel_ms(step))
     flex = {name: flex_ms(q, k, v, d_out, ids) for name, ids in docs.items()} if args.flex else {}
     print(f"packed_docs B={B} H={H} N={N} D={D} bf16 ({torch.cuda.get_device_name()}), "
-          f"fwd {args.fwd}, dQ {args.dq}, median of {args.rounds} rounds")
+          f"fwd {args.fwd}, dQ {args.dq}, dK/dV {args.dkdv or 'tuned'}, median of {args.rounds} rounds")
     print("| layout | documents | variant | fwd ms | dQ ms | dK/dV ms | Flex fwd / bwd ms |")
     print("|---|---|---|---|---|---|---|")
     for (name, path), rounds in times.items():

@@ -1092,6 +1092,9 @@ def _packed_docs_bwd_dkdv_tiles(
     at_a,
     at_b,
     at_c,
+    run_lo,
+    run_hi,
+    decided,
     PRECISION: tl.constexpr,
     SCORE_IS_IDENTITY: tl.constexpr,
     SCORE_GRAD_IS_ONE: tl.constexpr,
@@ -1106,7 +1109,9 @@ def _packed_docs_bwd_dkdv_tiles(
 ):
     """dK, dV contributions of one query head's query tiles (tiles transposed): the loop counts
     positions [0, end) of the runs _tile_start maps to tiles (see the forward's tile loop).
-    TMA: Q and dO rows come through the descriptors q_desc, do_desc."""
+    TMA: Q and dO rows come through the descriptors q_desc, do_desc.
+    decided (sorted ids, at run time): PARTIAL tiles test queries against the keys' runs
+    [run_lo, run_hi) instead of reading ids."""
     for t in range(0, end, BLOCK_M):
         start_m = _tile_start(t, blocks, end_a, end_b, at_a, at_b, at_c, LISTED, SPARSE_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -1144,21 +1149,27 @@ def _packed_docs_bwd_dkdv_tiles(
         if PARTIAL:
             keep = m_valid[None, :] & n_valid[:, None]
             if HAS_MASK:
-                keep = keep & (
-                    (kv_pos[:, None] <= q_pos[None, :])
-                    & (
-                        tl.load(
-                            p_doc + off_b * p_doc_stride0 + q_pos[None, :] * p_doc_stride1,
-                            mask=(q_pos[None, :] >= 0) & (q_pos[None, :] < kv_len),
-                            other=0,
-                        )
-                        == tl.load(
-                            p_doc + off_b * p_doc_stride0 + kv_pos[:, None] * p_doc_stride1,
-                            mask=(kv_pos[:, None] >= 0) & (kv_pos[:, None] < kv_len),
-                            other=0,
+                if decided:  # the document conjuncts are the keys' runs [run_lo, run_hi)
+                    in_run = (q_pos[None, :] >= run_lo[:, None]) & (
+                        q_pos[None, :] < run_hi[:, None]
+                    )
+                    keep = keep & in_run & (kv_pos[:, None] <= q_pos[None, :])
+                else:
+                    keep = keep & (
+                        (kv_pos[:, None] <= q_pos[None, :])
+                        & (
+                            tl.load(
+                                p_doc + off_b * p_doc_stride0 + q_pos[None, :] * p_doc_stride1,
+                                mask=(q_pos[None, :] >= 0) & (q_pos[None, :] < kv_len),
+                                other=0,
+                            )
+                            == tl.load(
+                                p_doc + off_b * p_doc_stride0 + kv_pos[:, None] * p_doc_stride1,
+                                mask=(kv_pos[:, None] >= 0) & (kv_pos[:, None] < kv_len),
+                                other=0,
+                            )
                         )
                     )
-                )
             s2 = tl.where(keep, s2, -INF)
         p = tl.exp2(s2 - lse2[None, :])
         dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
@@ -1271,6 +1282,9 @@ def packed_docs_bwd_dkdv(
     first_kv = pid_n * BLOCK_N
     last_kv = tl.minimum(first_kv + BLOCK_N - 1, kv_len - 1)
     runs_len = kv_len  # row length of the document runs
+    kv_rows = tl.minimum(tl.maximum(kv_pos, 0), runs_len - 1)
+    run_lo = tl.load(doc_runs_doc + off_b * 2 * runs_len + kv_rows)
+    run_hi = tl.load(doc_runs_doc + off_b * 2 * runs_len + kv_rows + runs_len)
     # GQA: the query heads sharing this kv head, in turn. Without GQA the loop has one
     # iteration known at compile time and folds away: a loop around the two tile loops keeps
     # registers live across them (dK/dV spilled 400 B per thread with it at 64x64, 60 without)
@@ -1293,6 +1307,7 @@ def packed_docs_bwd_dkdv(
                 + (pid_n * BLOCK_N // SPARSE_N) * stride_sn
             )
             end_a, end_b, at_a, at_b, at_c = 0, 0, 0, 0, 0  # unused
+            decided = False  # the lists' PARTIAL blocks test the whole mask
         else:
             lo = -BIG
             full_lo = -BIG
@@ -1319,6 +1334,9 @@ def packed_docs_bwd_dkdv(
                 full_hi, tl.where(doc_sorted1 & (doc_end4 > last_kv), doc_end4, -BIG)
             )
             hi = tl.minimum(hi, tl.where(doc_sorted1, doc_end5, BIG))
+            # sorted ids in each document: PARTIAL tiles test queries against the
+            # runs of their keys (key_runs) instead of reading ids
+            decided = doc_ok2
             partial, end_a, end_b, at_a, at_b, at_c, full_lo, full_hi = _tile_runs(
                 lo, full_lo, full_hi, hi, gap_lo, gap_hi, kv_len - q_len, kv_len, BLOCK_M
             )
@@ -1370,6 +1388,9 @@ def packed_docs_bwd_dkdv(
                 at_a,
                 at_b,
                 at_c,
+                run_lo,
+                run_hi,
+                decided,
                 PRECISION,
                 SCORE_IS_IDENTITY,
                 SCORE_GRAD_IS_ONE,

@@ -186,14 +186,15 @@ def test_closed_forms_are_exact(name):
 ])
 def test_document_conjuncts_a_query_tile_can_decide(mask, decided):
     """A top-level document conjunct: with sorted ids each query keeps exactly its own run, so
-    the PARTIAL tiles of the forward and dQ test keys against their queries' runs instead of
-    reading ids (dK/dV reads them: its decided variant spilled and ran slower)."""
+    the PARTIAL tiles of the forward and dQ test keys against their queries' runs, and dK/dV's
+    queries against their keys' runs, instead of reading ids."""
     (attention,) = attngen.parse_and_check(
         f"attention d {{\nparam doc: i32[B, KV]\nmask {mask}\n}}")
     result = analyse(attention)
     assert result.decided == decided
     assert ("decided = " in result.key_range) == bool(decided)
-    assert "decided" not in result.query_range
+    assert ("decided = " in result.query_range) == bool(decided)
+    assert bool(result.row_runs) == bool(result.key_runs) == bool(decided)
 
 
 def test_other_masks_fall_back_to_partial():
@@ -302,9 +303,9 @@ def test_decided_document_tiles_with_a_grad_param(learnt):
 
 def test_sorted_documents_are_tested_by_runs_not_ids(ops, monkeypatch):
     """Sorted ids: every PARTIAL tile of the forward and dQ tests keys against the runs of its
-    queries, also a query tile that spans two documents (boundaries at 30 and 75 with 16-row
-    tiles). Given the runs of the true ids and other ids, out and dq are unchanged, bit for bit
-    (dK/dV reads the ids: its gradients are not compared)."""
+    queries, and dK/dV's tests queries against the runs of its keys, also in tiles that span
+    two documents (boundaries at 30 and 75 with 16-row tiles). Given the runs of the true ids
+    and other ids, out, dq, dk and dv are unchanged, bit for bit."""
     op = ops["causal_document"]
     doc = attngen.document_ids(torch.tensor([[0, 30, 75], [0, 7, 50]]), 113)
     case = _case(113, 113, {"doc": doc})
@@ -317,10 +318,9 @@ def test_sorted_documents_are_tested_by_runs_not_ids(ops, monkeypatch):
     for ids in (doc, doc.flip(-1).contiguous()):  # the true ids, then others (never read)
         monkeypatch.setattr(module, "_documents", lambda params, shapes: runs)
         out = op(q, k, v, doc=ids)
-        (dq,) = torch.autograd.grad(out, (q,), grad)
-        results.append((out, dq))
-    assert torch.equal(results[0][0], results[1][0])
-    assert torch.equal(results[0][1], results[1][1])
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
+    for name, true_ids, other_ids in zip(("out", "dq", "dk", "dv"), *results):
+        assert torch.equal(true_ids, other_ids), name
 
 
 @pytest.mark.parametrize("second_sorted", [True, False])
